@@ -1,0 +1,3 @@
+"""pipa: unsupervised domain adaptive semantic segmentation (PiPa++), for images and video."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,229 @@
+"""The ``pipa`` command line (also ``python -m pipa``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def _resolve_config(name: str) -> Path:
+    """A YAML path, or the name of a preset shipped with pipa (``synthetic``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (PRESET_DIR / name, PRESET_DIR / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    from .config import ConfigError
+
+    presets = ", ".join(sorted(q.stem for q in PRESET_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {name} (presets: {presets})")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine import distributed
+    from .engine.trainer import train
+
+    cfg = load_config(_resolve_config(args.config), args.overrides)
+    try:
+        res = train(cfg, resume=args.resume)
+        main_rank = distributed.rank() == 0
+    finally:
+        distributed.cleanup()
+    if main_rank:
+        print(f"target mIoU {res.miou:.2f} after {res.iterations} iterations; run folder {res.out_dir}")
+    return 0
+
+
+def _load_for_eval(path: Path, overrides: list[str]):
+    from .config import load_config
+    from .models import Segmentor
+
+    run_dir = path if path.is_dir() else path.parent
+    cfg_file = run_dir / "config.yaml"
+    cfg = load_config(cfg_file if cfg_file.is_file() else None, overrides)
+    return Segmentor.from_pretrained(path), cfg
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.datasets import build_dataset
+    from .engine.trainer import select_device
+    from .evaluation.evaluate import evaluate
+
+    model, cfg = _load_for_eval(Path(args.path), args.overrides)
+    device = select_device(cfg.train.device)
+    dataset = build_dataset(cfg.data.val, model.num_classes, cfg.data.cache_dir)
+    res = evaluate(model.to(device), dataset, model.num_classes, device, cfg.train.eval_batch_size)
+    names = model.class_names
+    if args.json:
+        print(json.dumps({"miou": res.miou, "class_names": names,
+                          "per_class_iou": [None if math.isnan(v) else v for v in res.per_class_iou],
+                          **({"confusion": res.confusion.tolist()} if args.confusion else {})}))
+        return 0
+    print(f"mIoU {res.miou:.2f} on {len(dataset)} images")
+    for n, v in zip(names, res.per_class_iou):
+        print(f"  {n:>14s}  {'–' if math.isnan(v) else f'{v:5.1f}'}")
+    if args.confusion:
+        print(format_confusion(res.confusion, names))
+    return 0
+
+
+def format_confusion(cm, names: list[str]) -> str:
+    """Row-normalised confusion matrix (percent of each ground-truth class)."""
+    rows = cm.double()
+    rows = rows / rows.sum(1, keepdim=True).clamp_min(1) * 100
+    width = max(8, max(len(n) for n in names) + 1)
+    out = ["confusion (rows: ground truth, % of its pixels; columns: prediction)",
+           " " * width + "".join(f"{n[:7]:>8s}" for n in names)]
+    for n, r in zip(names, rows.tolist()):
+        out.append(f"{n:>{width}s}" + "".join(f"{v:8.1f}" for v in r))
+    return "\n".join(out)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from .data.datasets import IMAGE_EXTS
+    from .models import Segmentor
+    from .viz import colorize, default_palette, overlay
+
+    model = Segmentor.from_pretrained(args.weights)
+    palette = default_palette(model.num_classes)
+    files: list[Path] = []
+    for inp in args.inputs:
+        p = Path(inp)
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input not found: {p}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        try:
+            img = np.asarray(Image.open(f).convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"{f}: unreadable image ({type(exc).__name__})") from None
+        x = torch.from_numpy(img.copy()).permute(2, 0, 1).float().unsqueeze(0) / 255
+        pred = model.predict(x)[0].numpy().astype(np.uint8)
+        Image.fromarray(pred).save(out / f"{f.stem}_labels.png")
+        Image.fromarray(colorize(pred, palette)).save(out / f"{f.stem}_color.png")
+        Image.fromarray(overlay(img, pred, palette)).save(out / f"{f.stem}_overlay.png")
+    print(f"wrote predictions for {len(files)} image(s) to {out}")
+    return 0
+
+
+def cmd_print_config(args: argparse.Namespace) -> int:
+    from .config import dump_yaml, load_config
+
+    print(dump_yaml(load_config(_resolve_config(args.config), args.overrides)), end="")
+    return 0
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from .data.make_synthetic import write_synthetic
+
+    out = write_synthetic(args.out, args.num_images, args.num_val, args.num_clips, args.clip_length,
+                          args.height, args.width, args.seed)
+    print(f"wrote the synthetic benchmark to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import ALL_METHODS, DemoOptions, run_demo
+
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
+    if methods:
+        unknown = [m for m in methods if m not in ALL_METHODS]
+        if unknown:
+            raise ValueError(f"unknown demo method '{unknown[0]}'; choose from {', '.join(ALL_METHODS)}")
+    tracks = ("image", "video") if args.track == "both" else (args.track,)
+    run_demo(DemoOptions(Path(args.out), args.seeds, tracks, methods, args.quick, args.iterations))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="pipa", description="Unsupervised domain adaptive semantic segmentation (PiPa++).")
+    p.add_argument("--version", action="version", version=f"pipa {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a method from a YAML config (torchrun for several GPUs)")
+    t.add_argument("config", help="YAML file or preset name (e.g. synthetic)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=2000")
+    t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run folder or exported weights (mIoU, per-class IoU)")
+    e.add_argument("path", help="run folder or folder with model.safetensors + config.json")
+    e.add_argument("overrides", nargs="*", help="key=value overrides of the run's config, e.g. data.val.root=...")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--confusion", action="store_true", help="also print the confusion matrix")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="segment images; writes colour-coded PNGs and overlays")
+    pr.add_argument("weights", help="folder with model.safetensors + config.json (a run folder)")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.set_defaults(func=cmd_predict)
+
+    pc = sub.add_parser("print-config", help="print the resolved config")
+    pc.add_argument("config")
+    pc.add_argument("overrides", nargs="*")
+    pc.set_defaults(func=cmd_print_config)
+
+    ms = sub.add_parser("make-synthetic", help="write the built-in benchmark to disk (folder layout)")
+    ms.add_argument("out")
+    ms.add_argument("--num-images", type=int, default=200, help="training images per domain")
+    ms.add_argument("--num-val", type=int, default=50, help="validation images per domain")
+    ms.add_argument("--num-clips", type=int, default=4, help="video clips per domain and split")
+    ms.add_argument("--clip-length", type=int, default=4)
+    ms.add_argument("--height", type=int, default=96)
+    ms.add_argument("--width", type=int, default=192)
+    ms.add_argument("--seed", type=int, default=0)
+    ms.set_defaults(func=cmd_make_synthetic)
+
+    d = sub.add_parser("demo", help="train every method on the built-in benchmark and report")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--seeds", type=int, default=1)
+    d.add_argument("--track", choices=["image", "video", "both"], default="image")
+    d.add_argument("--methods", help="comma-separated subset of methods")
+    d.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
+    d.add_argument("--iterations", type=int, help="override the iterations of every run")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data.datasets import DatasetError
+
+    try:
+        return int(args.func(args))
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if os.environ.get("PIPA_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"pipa: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pipa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

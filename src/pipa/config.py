@@ -1,0 +1,301 @@
+"""Configuration: dataclasses are the schema, YAML files are presets, ``key=value`` overrides.
+
+A YAML preset may name one ``base:`` preset (a path relative to itself, one level only). Unknown
+keys are rejected with the nearest valid name; values are checked against the field types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import subprocess
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value (the message is one line and names the key)."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "conv_small"  # conv_small | conv_base | mit_tiny | mit_b0 .. mit_b5
+    pretrained: str | None = None  # hub id or local folder (MiT only)
+    decoder: str = "daformer"  # daformer | mlp
+    decoder_channels: int = 256
+    aspp_dilations: list[int] = field(default_factory=lambda: [1, 6, 12, 18])
+    aspp_separable: bool = True  # DAFormer; false = plain dilated convs (faster on CPU)
+    aspp_squeeze: bool = False  # 1x1 reduction of the level concatenation before the context block
+    bottleneck_kernel: int = 3
+    num_classes: int = 8
+    dropout: float = 0.1
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic"  # synthetic | folder
+    root: str | None = None  # folder datasets
+    split: str = "train"
+    domain: str = "source"  # synthetic only
+    num_images: int = 2000  # synthetic only
+    height: int = 96  # synthetic only
+    width: int = 192  # synthetic only
+    seed: int = 0  # benchmark seed (not the training seed)
+    clip_length: int = 1  # synthetic: 1 = images, T > 1 = T-frame clips (video track)
+    hflip: bool = True  # random horizontal flip (training only)
+    on_error: str = "raise"  # folder datasets: raise | skip bad files found at indexing
+
+
+@dataclass
+class DataConfig:
+    source: DatasetConfig = field(default_factory=DatasetConfig)
+    target: DatasetConfig | None = field(default_factory=lambda: DatasetConfig(domain="target"))
+    val: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(domain="target", split="val", num_images=300, hflip=False)
+    )
+    batch_size: int = 8  # per rank, per domain
+    num_workers: int = 0
+    cache_dir: str | None = None  # synthetic render cache (default ~/.cache/pipa)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    head_lr_mult: float = 10.0  # decoder lr = lr * head_lr_mult (DAFormer: 10)
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_iters: int = 100
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0
+    grad_clip: float | None = None
+
+
+@dataclass
+class MethodConfig:
+    name: str = "source_only"
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1500
+    seed: int = 0
+    eval_interval: int = 500
+    checkpoint_interval: int = 500
+    log_interval: int = 50
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
+    device: str = "auto"  # auto | cpu | cuda
+    out_dir: str = "runs/train"
+    eval_batch_size: int = 16
+    threads: int = 0  # torch.set_num_threads on CPU (0: leave as is)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _optional_inner(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in _hints(cls).items():
+        inner, _ = _optional_inner(tp)
+        full = f"{prefix}{name}"
+        keys.append(full)
+        if dataclasses.is_dataclass(inner):
+            keys += _all_keys(inner, full + ".")
+    return keys
+
+
+def _unknown(key: str, root: type, where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, _all_keys(root), n=1, cutoff=0.5)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return ConfigError(f"unknown config key '{key}'{where}{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    inner, optional = _optional_inner(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' may not be null")
+    if inner is Any:
+        return value
+    if dataclasses.is_dataclass(inner):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return value  # merged field by field by the caller
+    origin = typing.get_origin(inner)
+    if origin is list:
+        (elem,) = typing.get_args(inner)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, elem, key) for v in value]
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if inner is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def merge(obj: Any, values: dict[str, Any], root: type = Config, prefix: str = "", where: str = "") -> Any:
+    """Return a copy of dataclass ``obj`` with ``values`` (nested dicts) applied, checked."""
+    hints = _hints(type(obj))
+    updates = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise _unknown(full, root, where)
+        tp = hints[key]
+        inner, _ = _optional_inner(tp)
+        value = _coerce(value, tp, full)
+        if dataclasses.is_dataclass(inner) and value is not None:
+            current = getattr(obj, key)
+            if current is None:
+                current = inner()
+            value = merge(current, value, root, full + ".", where)
+        updates[key] = value
+    return dataclasses.replace(obj, **updates)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" line {line + 1}" if line is not None else ""
+        raise ConfigError(f"cannot parse YAML {path}{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from an optional YAML preset plus ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        data = _read_yaml(path)
+        base = data.pop("base", None)
+        if base is not None:
+            base_path = (path.parent / str(base)).resolve()
+            base_data = _read_yaml(base_path)
+            if "base" in base_data:
+                raise ConfigError(f"{base_path}: 'base' presets may not have a base of their own (one level only)")
+            cfg = merge(cfg, base_data, where=f" in {base_path}")
+        cfg = merge(cfg, data, where=f" in {path}")
+    for text in overrides:
+        keys, value = _parse_override(text)
+        cfg = merge(cfg, _nest(keys, value), where=" on the command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    choices = {
+        "train.amp": (cfg.train.amp, ("auto", "bf16", "fp16", "off")),
+        "train.device": (cfg.train.device, ("auto", "cpu", "cuda")),
+        "model.decoder": (cfg.model.decoder, ("daformer", "mlp")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {value!r}")
+    positive = {
+        "train.iterations": cfg.train.iterations,
+        "data.batch_size": cfg.data.batch_size,
+        "model.num_classes": cfg.model.num_classes,
+        "train.eval_batch_size": cfg.train.eval_batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"config key 'optim.lr' must be positive, got {cfg.optim.lr}")
+    if len(cfg.model.pixel_mean) != 3 or len(cfg.model.pixel_std) != 3:
+        raise ConfigError("config keys 'model.pixel_mean' and 'model.pixel_std' need 3 values each")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return merge(Config(), data)
+
+
+def git_revision() -> str:
+    """The source tree's git revision (with ``-dirty``), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data: the built-in synthetic benchmark, folder datasets, and writers."""

@@ -1,0 +1,209 @@
+"""Datasets. Every item is a dict: ``image`` float32 (3, H, W) in [0, 1], ``label`` int64 (H, W)
+(255 = ignore) when labelled; video items add ``prev_image``, ``flow`` (2, H, W, backward flow
+from this frame to the previous one, pixels) and ``flow_valid`` (H, W) bool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..config import DatasetConfig
+from . import synthetic
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+class DatasetError(ValueError):
+    """A problem with a dataset on disk (the message names the file)."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PIPA_CACHE", Path.home() / ".cache" / "pipa"))
+
+
+class SyntheticDataset(Dataset):
+    """The built-in benchmark, rendered once and kept in memory (cached on disk as .npz).
+
+    ``clip_length`` 1: single images. ``clip_length`` T > 1: T-frame ego-motion clips; item ``i``
+    is frame ``t`` (1 <= t < T) of a clip with its previous frame and the exact flow between them."""
+
+    def __init__(self, domain: str = "source", split: str = "train", num_images: int = 2000, height: int = 96,
+                 width: int = 192, seed: int = 0, clip_length: int = 1, cache_dir: str | Path | None = None,
+                 progress: bool = False) -> None:
+        self.scenes = synthetic.SyntheticScenes(domain, split, height, width, seed)
+        self.class_names = list(synthetic.CLASS_NAMES)
+        self.palette = [list(c) for c in synthetic.PALETTE]
+        self.clip_length = clip_length
+        self.num_items = num_images
+        key = synthetic.config_digest(domain=domain, split=split, n=num_images, h=height, w=width, seed=seed, T=clip_length)
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        path = cache / f"synthetic-{domain}-{split}-{key}.npz"
+        arrays = _load_npz(path)
+        if arrays is None:
+            arrays = self._render(progress)
+            _save_npz(path, arrays)
+        self.images = torch.from_numpy(arrays["images"])  # (N, T, 3, H, W) uint8
+        self.labels = torch.from_numpy(arrays["labels"])  # (N, T, H, W) uint8
+        self.flow = torch.from_numpy(arrays["flow"]) if clip_length > 1 else None  # (N, T, 2, H, W)
+        self.valid = torch.from_numpy(arrays["valid"]) if clip_length > 1 else None
+
+    def _render(self, progress: bool) -> dict[str, np.ndarray]:
+        from tqdm import tqdm
+
+        T, s = self.clip_length, self.scenes
+        n = self.num_items if T == 1 else -(-self.num_items // (T - 1))
+        images = np.zeros((n, T, 3, s.height, s.width), np.uint8)
+        labels = np.zeros((n, T, s.height, s.width), np.uint8)
+        flow = np.zeros((n, T, 2, s.height, s.width), np.float32) if T > 1 else None
+        valid = np.zeros((n, T, s.height, s.width), bool) if T > 1 else None
+        desc = f"rendering synthetic {s.domain}/{s.split}"
+        for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
+            clip = s.render_clip(i, T)
+            images[i] = clip.frames.transpose(0, 3, 1, 2)
+            labels[i] = clip.labels
+            if T > 1:
+                flow[i] = clip.flow.transpose(0, 3, 1, 2)
+                valid[i] = clip.valid
+        out = {"images": images, "labels": labels}
+        if T > 1:
+            out.update(flow=flow, valid=valid)
+        return out
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.clip_length == 1:
+            return {"image": self.images[index, 0].float() / 255, "label": self.labels[index, 0].long()}
+        c, t = divmod(index, self.clip_length - 1)
+        t += 1
+        return {
+            "image": self.images[c, t].float() / 255,
+            "label": self.labels[c, t].long(),
+            "prev_image": self.images[c, t - 1].float() / 255,
+            "flow": self.flow[c, t],
+            "flow_valid": self.valid[c, t],
+        }
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None  # a damaged cache is re-rendered
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from ..engine.checkpoint import atomic_write
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    try:
+        atomic_write(path, write)
+    except OSError:
+        pass  # the cache is an optimisation: a read-only home must not stop training
+
+
+class FolderDataset(Dataset):
+    """A user's own data: ``root/images[/split]/NAME.ext`` with ``root/labels[/split]/NAME.png``
+    holding class ids (255 = ignore). ``root/meta.json`` may give ``class_names`` (and ``palette``).
+
+    Problems are found when the dataset is indexed: ``on_error='raise'`` stops with a one-line
+    error naming the file, ``'skip'`` leaves the file out and lists it in ``problems``."""
+
+    def __init__(self, root: str | Path, split: str | None = None, num_classes: int | None = None,
+                 labelled: bool = True, on_error: str = "raise") -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset folder not found: {self.root}")
+        meta_path = self.root / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.class_names = list(meta.get("class_names") or [str(i) for i in range(num_classes or 0)])
+        self.palette = meta.get("palette")
+        self.num_classes = num_classes or len(self.class_names)
+        if not self.num_classes:
+            raise DatasetError(f"{self.root}: give num_classes or a meta.json with class_names")
+        img_dir = self.root / "images" / split if split else self.root / "images"
+        lab_dir = self.root / "labels" / split if split else self.root / "labels"
+        if not img_dir.is_dir():
+            raise DatasetError(f"image folder not found: {img_dir}")
+        self.problems: list[dict[str, str]] = []
+        self.items: list[tuple[Path, Path | None]] = []
+        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+            lab = lab_dir / (img.stem + ".png") if labelled else None
+            problem = self._check(img, lab)
+            if problem:
+                if on_error == "raise":
+                    raise DatasetError(f"{problem[0]}: {problem[1]}")
+                self.problems.append({"file": str(problem[0]), "problem": problem[1]})
+                continue
+            self.items.append((img, lab))
+        if not self.items:
+            raise DatasetError(f"no usable images in {img_dir}")
+
+    @staticmethod
+    def _check(img: Path, lab: Path | None) -> tuple[Path, str] | None:
+        try:
+            with Image.open(img) as im:
+                size = im.size
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            return img, f"unreadable image ({type(exc).__name__})"
+        if lab is None:
+            return None
+        if not lab.is_file():
+            return lab, "missing label file"
+        try:
+            with Image.open(lab) as lm:
+                lsize = lm.size
+                lm.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            return lab, f"unreadable label ({type(exc).__name__})"
+        if lsize != size:
+            return lab, f"label size {lsize[0]}x{lsize[1]} != image size {size[0]}x{size[1]}"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        img_path, lab_path = self.items[index]
+        image = np.asarray(Image.open(img_path).convert("RGB"))
+        out: dict[str, Any] = {"image": torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255}
+        if lab_path is not None:
+            label = np.asarray(Image.open(lab_path))
+            if label.ndim != 2:
+                raise DatasetError(f"{lab_path}: label must be a single-channel class-id PNG")
+            bad = (label != 255) & (label >= self.num_classes)
+            if bad.any():
+                raise DatasetError(f"{lab_path}: label value {int(label[bad][0])} outside 0..{self.num_classes - 1} and not 255")
+            out["label"] = torch.from_numpy(label.astype(np.int64))
+        return out
+
+
+def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = None, labelled: bool = True,
+                  progress: bool = False) -> Dataset:
+    """Dataset from its config (``synthetic`` or ``folder``)."""
+    if cfg.name == "synthetic":
+        if num_classes != synthetic.NUM_CLASSES:
+            raise DatasetError(f"the synthetic benchmark has {synthetic.NUM_CLASSES} classes, but model.num_classes={num_classes}")
+        return SyntheticDataset(cfg.domain, cfg.split, cfg.num_images, cfg.height, cfg.width, cfg.seed,
+                                cfg.clip_length, cache_dir, progress)
+    if cfg.name == "folder":
+        if not cfg.root:
+            raise DatasetError("a folder dataset needs data.<which>.root")
+        return FolderDataset(cfg.root, cfg.split or None, num_classes, labelled, cfg.on_error)
+    raise DatasetError(f"unknown dataset name '{cfg.name}'; choose synthetic or folder")

@@ -1,0 +1,1 @@
+"""Training engine: trainer loop, checkpoints, schedules, distributed helpers."""

@@ -1,0 +1,56 @@
+"""Colour-coding of label maps, overlays and the demo's qualitative figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def default_palette(n: int) -> np.ndarray:
+    """(n, 3) uint8 colours: the built-in benchmark's for its classes, then a fixed spread."""
+    from .data.synthetic import PALETTE
+
+    rng = np.random.default_rng(12345)
+    extra = rng.integers(0, 256, (max(n - len(PALETTE), 0), 3))
+    return np.concatenate([np.array(PALETTE, np.int64)[: min(n, len(PALETTE))], extra]).astype(np.uint8)
+
+
+def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class ids (255 = ignore, black) -> (H, W, 3) uint8."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = palette
+    return lut[label.astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    return (image.astype(np.float32) * (1 - alpha) + colorize(label, palette) * alpha).astype(np.uint8)
+
+
+def qualitative_figure(path: str | Path, images: list[np.ndarray], gts: list[np.ndarray],
+                       preds: dict[str, list[np.ndarray]], palette: np.ndarray, class_names: list[str]) -> None:
+    """Rows = examples; columns = target image, ground truth, one column per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    cols = ["target image", "ground truth", *preds]
+    n = len(images)
+    h, w = images[0].shape[:2]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols) * w / h * 0.55, 1.25 * n + 0.8), squeeze=False)
+    for r in range(n):
+        panels = [images[r], colorize(gts[r], palette), *[colorize(p[r], palette) for p in preds.values()]]
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=8)
+    handles = [Patch(color=palette[i] / 255, label=nm) for i, nm in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(class_names), 8), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

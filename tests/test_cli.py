@@ -1,0 +1,90 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PRESET, ROOT, tiny_overrides
+from pipa.cli import main
+
+
+def test_print_config_and_bad_key(capsys):
+    assert main(["print-config", str(PRESET), "train.iterations=9"]) == 0
+    assert "iterations: 9" in capsys.readouterr().out
+    assert main(["print-config", "synthetic", "train.iterrations=9"]) == 2  # preset by name
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.iterrations" in err and "train.iterations" in err
+
+
+def test_missing_config_file(capsys):
+    assert main(["train", "no/such.yaml"]) == 2
+    assert "no/such.yaml" in capsys.readouterr().err
+
+
+def test_train_eval_predict_roundtrip(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(PRESET), *tiny_overrides(run)]) == 0
+    assert "target mIoU" in capsys.readouterr().out
+    assert main(["eval", str(run), "--json", "--confusion"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["per_class_iou"]) == 8 and len(res["confusion"]) == 8
+    # the confusion matrix counts every labelled val pixel exactly once: 4 images of 32x64
+    assert sum(map(sum, res["confusion"])) == 4 * 32 * 64
+    img = (np.random.default_rng(0).random((32, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    assert main(["predict", str(run), str(tmp_path / "x.png"), "--out", str(tmp_path / "pred")]) == 0
+    names = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert names == ["x_color.png", "x_labels.png", "x_overlay.png"]
+    lab = np.asarray(Image.open(tmp_path / "pred" / "x_labels.png"))
+    assert lab.shape == (32, 64) and lab.max() < 8
+
+
+def test_predict_corrupt_input(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(PRESET), *tiny_overrides(run, iterations=1)]) == 0
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
+    assert main(["predict", str(run), str(tmp_path / "bad.png"), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.png" in capsys.readouterr().err
+
+
+def test_make_synthetic_folder_layout_serves_folder_dataset(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["make-synthetic", str(out), "--num-images", "3", "--num-val", "2", "--num-clips", "1",
+                 "--clip-length", "3", "--height", "32", "--width", "64"]) == 0
+    assert (out / "source" / "images" / "train" / "000002.png").is_file()
+    clip = out / "target" / "sequences" / "val" / "clip_0000"
+    assert (clip / "flow" / "000001.npy").is_file() and not (clip / "flow" / "000000.npy").exists()
+    assert np.load(clip / "flow" / "000002.npy").shape == (32, 64, 2)
+    from pipa.data.datasets import FolderDataset
+    from pipa.data.synthetic import SyntheticScenes
+
+    ds = FolderDataset(out / "target", "val")
+    assert len(ds) == 2 and ds.class_names[0] == "road"
+    img, lab = SyntheticScenes("target", "val", 32, 64).render_image(1)
+    item = ds[1]
+    assert np.array_equal((item["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), img)
+    assert np.array_equal(item["label"].numpy(), lab)
+    # the same files train through the folder loader
+    run = tmp_path / "run"
+    ov = tiny_overrides(run, iterations=2, **{"data.source.name": "folder", "data.source.root": str(out / "source"),
+                                              "data.val.name": "folder", "data.val.root": str(out / "target"),
+                                              "data.val.split": "val"})
+    assert main(["train", str(PRESET), *ov]) == 0
+
+
+def test_python_dash_m_entry_point():
+    env_path = str(ROOT / "src")
+    proc = subprocess.run([sys.executable, "-m", "pipa", "--version"], capture_output=True, text=True,
+                          env={"PYTHONPATH": env_path, "PATH": ""}, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("pipa ")
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    methods = {r["method"] for r in res["runs"]}
+    assert {"source_only", "oracle"} <= methods
+    assert (tmp_path / "demo" / "report.md").is_file()
