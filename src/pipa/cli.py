@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import ALL_METHODS, DemoOptions, run_demo
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else None
-    if methods:
+    if methods and methods != ("all",):
         unknown = [m for m in methods if m not in ALL_METHODS]
         if unknown:
             raise ValueError(f"unknown demo method '{unknown[0]}'; choose from {', '.join(ALL_METHODS)}")
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seeds", type=int, default=1)
     d.add_argument("--track", choices=["image", "video", "both"], default="image")
-    d.add_argument("--methods", help="comma-separated subset of methods")
+    d.add_argument("--methods", help="comma-separated subset of methods, or 'all' for the full ablation")
     d.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
     d.add_argument("--iterations", type=int, help="override the iterations of every run")
     d.set_defaults(func=cmd_demo)

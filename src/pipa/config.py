@@ -78,8 +78,54 @@ class OptimConfig:
 
 
 @dataclass
+class TeacherConfig:
+    alpha: float = 0.999  # EMA α (DAFormer warm-up α_t = min(1 - 1/(t+1), α))
+    mode: str = "train_bn"  # train_bn (batch statistics, dropout off: DAFormer parity) | eval
+    buffers: str = "copy"  # copy | average the student's BN running statistics
+    pseudo_threshold: float = 0.968  # τ of the confidence weight q (DACS)
+    weight: str = "fraction"  # fraction (q per image, DACS) | pixel
+    ignore_top: int = 0  # pseudo-label rows given weight 0 (DAFormer: 15 on Cityscapes 512 crops)
+    ignore_bottom: int = 0  # (DAFormer: 120)
+
+
+@dataclass
+class AugConfig:
+    """Strong augmentation of mixed images (DACS/DAFormer), also used by source_only_aug."""
+
+    jitter_p: float = 0.2
+    jitter_strength: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: list[float] = field(default_factory=lambda: [0.15, 1.15])
+
+
+@dataclass
+class RCSConfig:
+    temperature: float = 0.01  # T of P(c) ∝ exp((1 - f_c)/T)
+    min_pixels: int = 16  # an image qualifies for class c with at least this many pixels of it
+
+
+@dataclass
+class FDConfig:
+    weight: float = 0.005  # λ_fd (0 disables)
+    classes: list[int] = field(default_factory=lambda: [5, 6])  # thing classes (synthetic: car, person)
+    min_ratio: float = 0.75
+
+
+@dataclass
+class MICConfig:
+    weight: float = 1.0  # λ_mic
+    block_size: int = 16  # pixels (MIC: 64 on 512 crops)
+    mask_ratio: float = 0.7
+
+
+@dataclass
 class MethodConfig:
     name: str = "source_only"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    rcs: RCSConfig = field(default_factory=RCSConfig)
+    fd: FDConfig = field(default_factory=FDConfig)
+    mic: MICConfig = field(default_factory=MICConfig)
 
 
 @dataclass
@@ -94,6 +140,7 @@ class TrainConfig:
     out_dir: str = "runs/train"
     eval_batch_size: int = 16
     threads: int = 0  # torch.set_num_threads on CPU (0: leave as is)
+    debug_interval: int = 0  # write debug image grids (source, target, mix, pseudo-labels) every N its
 
 
 @dataclass

@@ -54,3 +54,38 @@ def qualitative_figure(path: str | Path, images: list[np.ndarray], gts: list[np.
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class DebugImages:
+    """Training callback: a grid of source, source label, target, mixed image, mix mask,
+    pseudo-label and weight (first sample of the batch) as PNG and TensorBoard image.
+
+    Runs outside the training step, on tensors the method kept in ``method.debug``."""
+
+    ORDER = ("source", "source_label", "target", "target_label", "mixed", "mask", "pseudo_label", "weight")
+
+    def __init__(self, folder: str | Path, writer=None, palette=None, num_classes: int = 8) -> None:
+        self.folder = Path(folder)
+        self.writer = writer
+        self.palette = np.asarray(palette, np.uint8) if palette is not None else default_palette(num_classes)
+
+    def panel(self, name: str, t) -> np.ndarray:
+        x = t[0].detach().float().cpu()
+        if name in ("source", "target", "mixed"):
+            return (x.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+        if name in ("mask", "weight"):
+            g = (x.clamp(0, 1).numpy() * 255).astype(np.uint8)
+            return np.repeat(g[..., None], 3, -1)
+        return colorize(x.long().clamp(0, 255).numpy().astype(np.uint8), self.palette)
+
+    def __call__(self, debug: dict, iteration: int) -> None:
+        panels = [self.panel(k, debug[k]) for k in self.ORDER if k in debug]
+        if not panels:
+            return
+        from PIL import Image
+
+        grid = np.concatenate(panels, 1)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(self.folder / f"{iteration:06d}.png")
+        if self.writer is not None:
+            self.writer.add_image("debug", grid, iteration, dataformats="HWC")

@@ -37,12 +37,13 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, domain: str = "source", split: str = "train", num_images: int = 2000, height: int = 96,
                  width: int = 192, seed: int = 0, clip_length: int = 1, cache_dir: str | Path | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, labelled: bool = True) -> None:
         self.scenes = synthetic.SyntheticScenes(domain, split, height, width, seed)
         self.class_names = list(synthetic.CLASS_NAMES)
         self.palette = [list(c) for c in synthetic.PALETTE]
         self.clip_length = clip_length
         self.num_items = num_images
+        self.labelled = labelled  # False: items carry no label (unlabelled target data stays unlabelled)
         key = synthetic.config_digest(domain=domain, split=split, n=num_images, h=height, w=width, seed=seed, T=clip_length)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         path = cache / f"synthetic-{domain}-{split}-{key}.npz"
@@ -82,16 +83,21 @@ class SyntheticDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.clip_length == 1:
-            return {"image": self.images[index, 0].float() / 255, "label": self.labels[index, 0].long()}
+            item = {"image": self.images[index, 0].float() / 255}
+            if self.labelled:
+                item["label"] = self.labels[index, 0].long()
+            return item
         c, t = divmod(index, self.clip_length - 1)
         t += 1
-        return {
+        item = {
             "image": self.images[c, t].float() / 255,
-            "label": self.labels[c, t].long(),
             "prev_image": self.images[c, t - 1].float() / 255,
             "flow": self.flow[c, t],
             "flow_valid": self.valid[c, t],
         }
+        if self.labelled:
+            item["label"] = self.labels[c, t].long()
+        return item
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
@@ -201,7 +207,7 @@ def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = 
         if num_classes != synthetic.NUM_CLASSES:
             raise DatasetError(f"the synthetic benchmark has {synthetic.NUM_CLASSES} classes, but model.num_classes={num_classes}")
         return SyntheticDataset(cfg.domain, cfg.split, cfg.num_images, cfg.height, cfg.width, cfg.seed,
-                                cfg.clip_length, cache_dir, progress)
+                                cfg.clip_length, cache_dir, progress, labelled)
     if cfg.name == "folder":
         if not cfg.root:
             raise DatasetError("a folder dataset needs data.<which>.root")

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from .. import __version__
 from ..config import Config, dump_yaml, git_revision
@@ -52,12 +52,13 @@ class BatchStream:
     (seeded, so every rank agrees), cut into batches; ``state()`` = (epoch, batches taken)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int, world: int,
-                 num_workers: int = 0, epoch: int = 0, offset: int = 0) -> None:
+                 num_workers: int = 0, epoch: int = 0, offset: int = 0, rcs: Any = None) -> None:
         if len(dataset) < batch_size * world:  # type: ignore[arg-type]
             raise ValueError(f"dataset of {len(dataset)} items is smaller than one batch ({batch_size} x {world} ranks)")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world, self.num_workers = rank, world, num_workers
         self.epoch, self.offset = epoch, offset
+        self.rcs = rcs  # a RareClassSampler: draw (image, class) pairs instead of a permutation
         self._it: Iterator | None = None
 
     def _start(self) -> None:
@@ -72,6 +73,13 @@ class BatchStream:
                                    generator=gen))
 
     def __next__(self) -> dict[str, torch.Tensor]:
+        if self.rcs is not None:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + self.rank * 104_729 + self.offset)
+            idx, classes = self.rcs.sample(self.batch_size, gen)
+            batch = default_collate([self.dataset[i] for i in idx])
+            batch["rcs_class"] = torch.tensor(classes)
+            self.offset += 1
+            return batch
         if self._it is None:
             self._start()
         try:
@@ -206,11 +214,21 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
     elif resume and main:
         print(f"no checkpoint in {out}; starting from scratch", flush=True)
 
-    def stream(ds: Dataset, key: str, salt: int) -> BatchStream:
+    def stream(ds: Dataset, key: str, salt: int, rcs: Any = None) -> BatchStream:
         ep, off = streams_state.get(key, [0, 0])
-        return BatchStream(ds, cfg.data.batch_size, cfg.train.seed * 1000 + salt, rank, world, cfg.data.num_workers, ep, off)
+        return BatchStream(ds, cfg.data.batch_size, cfg.train.seed * 1000 + salt, rank, world, cfg.data.num_workers,
+                           ep, off, rcs)
 
-    streams = {"source": stream(source, "source", 0)}
+    rcs = None
+    if getattr(method, "rare_class_sampling", False):
+        from ..uda.rcs import RareClassSampler, cached_class_counts
+
+        counts = cached_class_counts(source, K, out / "class_stats.json", repr(cfg.data.source))
+        rcs = RareClassSampler(counts, cfg.method.rcs.temperature, cfg.method.rcs.min_pixels)
+        if main:
+            probs = ", ".join(f"{n} {p:.2f}" for n, p in zip(class_names, rcs.probs.tolist()))
+            _say(progress, f"[{out.name}] rare class sampling: {probs}")
+    streams = {"source": stream(source, "source", 0, rcs)}
     flips = {"source": cfg.data.source.hflip}
     if target is not None and cfg.data.target is not None:
         streams["target"] = stream(target, "target", 1)
@@ -248,6 +266,11 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
             _say(progress, f"[{out.name}] it {it}: target val mIoU {res.miou:.2f}")
         return res
 
+    debug = None
+    if main and cfg.train.debug_interval > 0:
+        from ..viz import DebugImages
+
+        debug = DebugImages(out / "debug", writer, getattr(source, "palette", None), K)
     bar = None
     if main and progress == "bar":
         from tqdm import tqdm
@@ -282,6 +305,8 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
                     writer.add_scalar(k, v, done)
             if progress == "log":
                 _say(progress, f"[{out.name}] it {done}/{total} loss {logs['loss/total']:.4f}")
+        if main and debug is not None and done % cfg.train.debug_interval == 0:
+            debug(getattr(method, "debug", {}), done)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")

@@ -7,11 +7,16 @@ import difflib
 from ..config import Config, ConfigError
 from ..models import Segmentor
 from .base import UDAMethod
-from .source_only import SourceOnly
+from .self_training import MIC, DAFormer, SelfTraining
+from .source_only import SourceOnly, SourceOnlyAug
 
 METHODS: dict[str, type[UDAMethod]] = {
     "source_only": SourceOnly,
+    "source_only_aug": SourceOnlyAug,
     "oracle": SourceOnly,  # same loss; the config points data.source at labelled target data
+    "self_training": SelfTraining,
+    "daformer": DAFormer,
+    "mic": MIC,
 }
 
 

@@ -21,6 +21,7 @@ Batch = dict[str, dict[str, Tensor]]
 
 class UDAMethod(nn.Module):
     uses_target: ClassVar[bool] = False  # does step() need unlabelled target batches?
+    rare_class_sampling: ClassVar[bool] = False  # draw source images by rare class sampling?
 
     def __init__(self, cfg: Config, model: Segmentor) -> None:
         super().__init__()

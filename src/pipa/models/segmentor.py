@@ -27,6 +27,7 @@ class SegOutput:
 
     logits: Tensor
     features: Tensor
+    encoder_features: list[Tensor] | None = None  # strides 4..32 (feature distance uses them)
 
 
 class Segmentor(nn.Module):
@@ -60,17 +61,20 @@ class Segmentor(nn.Module):
         """Decoder + classifier parameters (trained with the head learning-rate multiplier)."""
         return [*self.decoder.parameters(), *self.classifier.parameters()]
 
+    def normalize(self, images: Tensor) -> Tensor:
+        return (images - self.pixel_mean) / self.pixel_std
+
     def forward_features(self, images: Tensor) -> Tensor:
-        x = (images - self.pixel_mean) / self.pixel_std
-        return self.decoder(self.encoder(x))
+        return self.decoder(self.encoder(self.normalize(images)))
 
     def classify(self, features: Tensor, size: tuple[int, int]) -> Tensor:
         logits = self.classifier(self.dropout(features))
         return F.interpolate(logits, size, mode="bilinear", align_corners=False)
 
     def forward(self, images: Tensor) -> SegOutput:
-        feats = self.forward_features(images)
-        return SegOutput(self.classify(feats, tuple(images.shape[-2:])), feats)
+        enc = self.encoder(self.normalize(images))
+        feats = self.decoder(enc)
+        return SegOutput(self.classify(feats, tuple(images.shape[-2:])), feats, enc)
 
     @torch.inference_mode()
     def predict(self, images: Tensor, return_probs: bool = False) -> Tensor:
