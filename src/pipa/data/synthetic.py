@@ -52,7 +52,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 IGNORE = 255
 DOMAINS = ("source", "target")
 SPLITS = ("train", "val")
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 CAM_HEIGHT = 1.6  # metres
 Z_MAX = 220.0  # facades end here; beyond it the vanishing point shows sky
@@ -112,8 +112,8 @@ class DomainStyle:
 
 
 STYLES = {
-    "source": DomainStyle((0.36, 0.46), 3.0, 6.0, (12.0, 20.0), (6.0, 24.0), 0.3, False),
-    "target": DomainStyle((0.40, 0.50), 5.0, 4.0, (10.0, 18.0), (9.0, 32.0), 0.35, True),
+    "source": DomainStyle((0.36, 0.46), 3.0, 8.0, (12.0, 20.0), (6.0, 24.0), 0.3, False),
+    "target": DomainStyle((0.40, 0.50), 5.0, 6.0, (10.0, 18.0), (9.0, 32.0), 0.35, True),
 }
 
 # Base colours (linear RGB in [0, 1]) per domain. Target shifts stay away from other classes'
@@ -242,16 +242,16 @@ def _make_world(rng: np.random.Generator, domain: str, height: int, width: int, 
     for _ in range(rng.poisson(style.persons)):
         side = rng.integers(2)
         x = (road_l - rng.uniform(0.3, side_w - 0.3)) if side == 0 else (road_r + rng.uniform(0.3, side_w - 0.3))
-        z = rng.uniform(near, near + 36.0)
-        shirt = rng.uniform(0.1, 0.9, 3) if domain == "source" else rng.uniform(0.05, 0.5, 3)
+        z = rng.uniform(near, near + 24.0)
+        shirt = rng.uniform(0.1, 0.9, 3) if domain == "source" else rng.uniform(0.1, 0.7, 3)
         pants = rng.uniform(0.05, 0.3, 3) if domain == "source" else rng.uniform(0.15, 0.45, 3)
         skin = np.array(_SRC["skin"] if domain == "source" else _TGT["skin"]) * rng.uniform(0.7, 1.1)
         h = rng.uniform(1.6, 1.9)
-        objects.append(_Obj(PERSON, x, z, 0.75, h, 0.0, np.clip(np.stack([skin, shirt, pants]), 0, 1)))
+        objects.append(_Obj(PERSON, x, z, 0.9, h, 0.0, np.clip(np.stack([skin, shirt, pants]), 0, 1)))
     for side, xe in ((0, road_l - 0.35), (1, road_r + 0.35)):
         z = near + rng.uniform(0, 8)
         while z < 90.0:
-            objects.append(_Obj(POLE, xe, z, 0.32, rng.uniform(4.5, 7.0), 0.0, np.zeros((1, 3), np.float32)))
+            objects.append(_Obj(POLE, xe, z, 0.4, rng.uniform(4.5, 7.0), 0.0, np.zeros((1, 3), np.float32)))
             z += rng.uniform(*style.pole_spacing)
     horizon = rng.uniform(*style.horizon) * height
     look: dict = {}
