@@ -41,8 +41,8 @@ def make_batch(cfg, seed: int = 0) -> dict:
             "target": {"image": img(t)}}
 
 
-def time_method(name: str, steps: int, warmup: int = 3) -> float:
-    cfg = load_config(PRESET, [f"method.name={name}"])
+def time_method(name: str, steps: int, overrides: list[str], warmup: int = 3) -> float:
+    cfg = load_config(PRESET, [f"method.name={name}", *overrides])
     torch.manual_seed(0)
     method = build_method(cfg, build_segmentor(cfg.model))
     method.train()
@@ -67,14 +67,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="source_only,self_training,daformer,mic")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--overrides", nargs="*", default=[], help="config key=value overrides (e.g. model.backbone=mit_tiny)")
     args = ap.parse_args()
     names = args.methods.split(",")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 8+8 at 96x192, conv_small\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU preset (batch 8+8, 96x192) "
+          f"{' '.join(args.overrides)}\n")
     print("| method | step (ms, interquartile mean) | ratio to first |")
     print("|---|---|---|")
     first = None
     for n in names:
-        t = time_method(n, args.steps)
+        t = time_method(n, args.steps, args.overrides)
         first = first or t
         print(f"| {n} | {t * 1000:.0f} | {t / first:.2f} |", flush=True)
 

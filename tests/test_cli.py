@@ -81,10 +81,50 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 0 and proc.stdout.startswith("pipa ")
 
 
+def test_demo_smoke(tmp_path, capsys):
+    """The demo's plumbing on a few iterations: results.json schema, report, figure."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--iterations", "2", "--methods", "source_only,adabn,self_training",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in res["runs"]] == ["source_only", "adabn", "self_training"]
+    for r in res["runs"]:
+        assert r["track"] == "image" and r["seed"] == 0 and len(r["per_class_iou"]) == 8
+        assert 0 <= r["target_miou"] <= 100 and r["train_seconds"] >= 0
+    report = (out / "report.md").read_text()
+    assert "| self_training | 1 |" in report and "Strongest baseline" in report
+    assert (out / "qualitative_image.png").is_file()
+    assert "| method | seeds | mIoU |" in capsys.readouterr().out
+
+
+def test_demo_rejects_unknown_method(capsys):
+    assert main(["demo", "--methods", "pipa_v9"]) == 2
+    assert "pipa_v9" in capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_demo_quick(tmp_path, capsys):
+def test_demo_quick(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
     res = json.loads((tmp_path / "demo" / "results.json").read_text())
-    methods = {r["method"] for r in res["runs"]}
-    assert {"source_only", "oracle"} <= methods
-    assert (tmp_path / "demo" / "report.md").is_file()
+    assert {"source_only", "oracle", "self_training"} <= {r["method"] for r in res["runs"]}
+
+
+def test_export_student_and_teacher(tmp_path, capsys):
+    import torch
+
+    from pipa.models import Segmentor
+
+    run = tmp_path / "st"
+    assert main(["train", str(PRESET), *tiny_overrides(run, iterations=2, **{"method.name": "self_training"})]) == 0
+    assert main(["export", str(run), "--which", "teacher", "--out", str(tmp_path / "teacher")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "student")]) == 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["method"]
+    t = Segmentor.from_pretrained(tmp_path / "teacher").state_dict()
+    s = Segmentor.from_pretrained(tmp_path / "student").state_dict()
+    k = "classifier.weight"
+    assert torch.equal(t[k], ckpt["teacher.ema." + k]) and torch.equal(s[k], ckpt["model." + k])
+    assert not torch.equal(t[k], s[k])  # after 2 EMA steps the teacher differs from the student
+    so = tmp_path / "so"
+    assert main(["train", str(PRESET), *tiny_overrides(so, iterations=1)]) == 0
+    assert main(["export", str(so), "--which", "teacher", "--out", str(tmp_path / "x")]) == 2
+    assert "no teacher weights" in capsys.readouterr().err

@@ -59,3 +59,14 @@ def test_nullable_section():
     cfg = load_config(None, ["data.target=null"])
     assert cfg.data.target is None
     assert isinstance(Config().data.target.num_images, int)
+
+
+def test_every_shipped_preset_loads():
+    from pathlib import Path
+
+    presets = sorted((Path(PRESET).parent).glob("*.yaml"))
+    assert len(presets) >= 2
+    for p in presets:
+        load_config(p)
+    cfg = load_config(Path(PRESET).parent / "gta2cs_daformer.yaml")
+    assert (cfg.model.backbone, cfg.optim.lr, cfg.train.iterations, cfg.data.batch_size) == ("mit_b5", 6e-5, 40000, 2)

@@ -66,6 +66,17 @@ def _train_until(cfg, stop_at):
         tr.save_checkpoint = real
 
 
+def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    cfg = load_config(PRESET, tiny_overrides(tmp_path / "r", iterations=1))
+    train(cfg, progress="none")
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, progress="none")
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    again = load_config(PRESET, tiny_overrides(tmp_path / "r", iterations=1, **{"train.overwrite": "true"}))
+    train(again, progress="none")
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     p = tmp_path / "ck.pt"
     save_checkpoint(p, {"format_version": 1, "x": torch.ones(2)})
@@ -95,12 +106,14 @@ def test_lr_schedule_formula():
     assert lr_factor(50, 100, 10, 0.0, 0.9) == pytest.approx(0.5**0.9)
 
 
-def test_ddp_two_ranks_gloo(tmp_path):
-    """torchrun with 2 CPU ranks (gloo): trains, ranks stay in sync, rank 0 writes the checkpoint."""
+@pytest.mark.parametrize("method", ["source_only", "self_training"])
+def test_ddp_two_ranks_gloo(tmp_path, method):
+    """torchrun with 2 CPU ranks (gloo): trains, ranks stay in sync, rank 0 writes the checkpoint.
+    self_training calls the DDP-wrapped student twice per step (source and mixed batches)."""
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "pipa", "train", str(PRESET), *tiny_overrides(out, iterations=3)]
+           "-m", "pipa", "train", str(PRESET), *tiny_overrides(out, iterations=3, **{"method.name": method})]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ranks in sync" in proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -125,6 +126,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Inference weights of the student or the EMA teacher from a training checkpoint."""
+    from .config import from_dict
+    from .engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from .models import build_segmentor
+
+    path = Path(args.run)
+    ckpt = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
+    cfg = from_dict(ckpt["config"])
+    prefix = {"student": "model.", "teacher": "teacher.ema."}[args.which]
+    state = {k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"the checkpoint has no {args.which} weights (method '{cfg.method.name}' has no teacher)")
+    old = Path(args.run) / "config.json"
+    names = json.loads(old.read_text()).get("class_names") if old.is_file() else None
+    model = build_segmentor(dataclasses.replace(cfg.model, pretrained=None), names)
+    model.load_state_dict(state)
+    model.save_pretrained(args.out)
+    print(f"wrote the {args.which} of iteration {ckpt['iteration']} to {args.out}")
+    return 0
+
+
 def cmd_print_config(args: argparse.Namespace) -> int:
     from .config import dump_yaml, load_config
 
@@ -180,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder")
     pr.set_defaults(func=cmd_predict)
 
+    ex = sub.add_parser("export", help="write inference weights (student or EMA teacher) from a checkpoint")
+    ex.add_argument("run", help="run folder or checkpoint.pt")
+    ex.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
+    ex.add_argument("--which", choices=["student", "teacher"], default="student")
+    ex.set_defaults(func=cmd_export)
+
     pc = sub.add_parser("print-config", help="print the resolved config")
     pc.add_argument("config")
     pc.add_argument("overrides", nargs="*")
@@ -214,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (ConfigError, DatasetError, OSError, ValueError, RuntimeError) as exc:
         if os.environ.get("PIPA_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

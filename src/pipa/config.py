@@ -140,6 +140,7 @@ class TrainConfig:
     out_dir: str = "runs/train"
     eval_batch_size: int = 16
     threads: int = 0  # torch.set_num_threads on CPU (0: leave as is)
+    overwrite: bool = False  # allow a fresh run in a folder that holds a checkpoint
     debug_interval: int = 0  # write debug image grids (source, target, mix, pseudo-labels) every N its
 
 

@@ -62,7 +62,7 @@ class DemoOptions:
 
 def run_config(track: str, method: str, seed: int, opts: DemoOptions) -> Config:
     """The config of one demo run: the shared preset, changed only where the method needs it."""
-    overrides = [f"method.name={method}", f"train.seed={seed}",
+    overrides = [f"method.name={method}", f"train.seed={seed}", "train.overwrite=true",
                  f"train.out_dir={opts.out / track / method / f'seed{seed}'}"]
     if method == "oracle":  # labelled target training data (an upper bound, not adaptation)
         overrides += ["data.source.domain=target"]

@@ -213,6 +213,11 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
             print(f"resumed from {ckpt_path} at iteration {start}", flush=True)
     elif resume and main:
         print(f"no checkpoint in {out}; starting from scratch", flush=True)
+    elif ckpt_path.is_file() and not cfg.train.overwrite:
+        raise FileExistsError(f"{ckpt_path} exists: continue it with --resume, or start again with "
+                              "train.overwrite=true (or another train.out_dir)")
+    if start == 0 and main and (out / "metrics.jsonl").is_file():
+        (out / "metrics.jsonl").unlink()  # a fresh start: the old metrics describe another run
 
     def stream(ds: Dataset, key: str, salt: int, rcs: Any = None) -> BatchStream:
         ep, off = streams_state.get(key, [0, 0])
