@@ -19,6 +19,14 @@ from ..models import Segmentor
 Batch = dict[str, dict[str, Tensor]]
 
 
+def step_generator(seed: int, iteration: int) -> torch.Generator:
+    """A generator per (seed, rank, iteration): mixing and augmentation draws are reproducible
+    on resume and differ between ranks."""
+    from ..engine.distributed import rank
+
+    return torch.Generator().manual_seed(seed * 1_000_003 + rank() * 10_007 + iteration)
+
+
 class UDAMethod(nn.Module):
     uses_target: ClassVar[bool] = False  # does step() need unlabelled target batches?
     rare_class_sampling: ClassVar[bool] = False  # draw source images by rare class sampling?

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import Config
-from ..engine.distributed import rank
 from ..evaluation.metrics import IGNORE_INDEX
 from ..models import Segmentor, SegOutput
 from ..uda.augment import strong_augment
@@ -26,13 +25,7 @@ from ..uda.fdist import feature_distance
 from ..uda.masking import block_mask
 from ..uda.mixing import classmix, classmix_masks
 from ..uda.teacher import EMATeacher, pseudo_label, weighted_ce
-from .base import Batch, UDAMethod
-
-
-def step_generator(seed: int, iteration: int) -> torch.Generator:
-    """A generator per (seed, rank, iteration): mixing and augmentation draws are reproducible
-    on resume and differ between ranks."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + rank() * 10_007 + iteration)
+from .base import Batch, UDAMethod, step_generator
 
 
 class SelfTraining(UDAMethod):

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..evaluation.metrics import IGNORE_INDEX
 from ..uda.augment import strong_augment
-from .base import Batch, UDAMethod
+from .base import Batch, UDAMethod, step_generator
 
 
 class SourceOnly(UDAMethod):
@@ -24,8 +24,6 @@ class SourceOnly(UDAMethod):
         src = batch["source"]
         image = src["image"]
         if self.augment_source:
-            from .self_training import step_generator
-
             a = self.cfg.method.aug
             image = strong_augment(image, a.jitter_p, a.jitter_strength, a.blur_p, tuple(a.blur_sigma),
                                    step_generator(self.cfg.train.seed, iteration))
