@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from .. import __version__
-from ..config import Config, dump_yaml, git_revision
+from ..config import Config, dump_yaml, git_revision, to_dict
 from ..data.datasets import build_dataset
 from ..evaluation.evaluate import EvalResult, evaluate
 from ..methods import build_method
@@ -253,7 +253,7 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
             "format_version": FORMAT_VERSION, "iteration": it, "method": method.state_dict(),
             "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng_state(), "streams": {k: s.state() for k, s in streams.items()}, "best_miou": best,
-            "train_seconds": elapsed, "config": _plain(cfg),
+            "train_seconds": elapsed, "config": to_dict(cfg),
         })
 
     def run_eval(it: int) -> EvalResult:
@@ -358,8 +358,3 @@ def _say(progress: str, text: str) -> None:
 def _nan_none(xs: list[float]) -> list[float | None]:
     return [None if math.isnan(x) else round(x, 4) for x in xs]
 
-
-def _plain(cfg: Config) -> dict[str, Any]:
-    from ..config import to_dict
-
-    return to_dict(cfg)
