@@ -32,11 +32,15 @@ def test_train_writes_run_folder_and_weights_only_checkpoint(tmp_path):
     assert last["iteration"] == 4 and last["miou"] == pytest.approx(res.miou)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
-    straight = load_config(PRESET, tiny_overrides(tmp_path / "a", iterations=6))
+@pytest.mark.parametrize("method", ["source_only", "pipa"])
+def test_resume_matches_uninterrupted_run(tmp_path, method):
+    """Everything in the method state (for pipa: teacher, heads and the contrastive memory)
+    ends identical whether or not the run was interrupted."""
+    straight = load_config(PRESET, tiny_overrides(tmp_path / "a", iterations=6, **{"method.name": method}))
     train(straight, progress="none")
     # an interrupted run: checkpoint at 3, crash, resume from it
-    mid = load_config(PRESET, tiny_overrides(tmp_path / "c", iterations=6, **{"train.checkpoint_interval": 3}))
+    mid = load_config(PRESET, tiny_overrides(tmp_path / "c", iterations=6, **{"train.checkpoint_interval": 3,
+                                                                               "method.name": method}))
     _train_until(mid, 3)
     state = load_checkpoint(tmp_path / "c" / "checkpoint.pt")
     assert state["iteration"] == 3
@@ -106,10 +110,12 @@ def test_lr_schedule_formula():
     assert lr_factor(50, 100, 10, 0.0, 0.9) == pytest.approx(0.5**0.9)
 
 
-@pytest.mark.parametrize("method", ["source_only", "self_training"])
+@pytest.mark.parametrize("method", ["source_only", "self_training", "pipa"])
 def test_ddp_two_ranks_gloo(tmp_path, method):
     """torchrun with 2 CPU ranks (gloo): trains, ranks stay in sync, rank 0 writes the checkpoint.
-    self_training calls the DDP-wrapped student twice per step (source and mixed batches)."""
+    self_training calls the DDP-wrapped student twice per step (source and mixed batches); pipa
+    a third time (the patch crop), has DDP-wrapped heads and an all-gathered memory, which the
+    sync check covers."""
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",

@@ -173,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown demo method '{unknown[0]}'; choose from {', '.join(ALL_METHODS)}")
     tracks = ("image", "video") if args.track == "both" else (args.track,)
-    run_demo(DemoOptions(Path(args.out), args.seeds, tracks, methods, args.quick, args.iterations))
+    run_demo(DemoOptions(Path(args.out), args.seeds, tracks, methods, args.quick, args.iterations, args.resume))
     return 0
 
 
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--methods", help="comma-separated subset of methods, or 'all' for the full ablation")
     d.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
     d.add_argument("--iterations", type=int, help="override the iterations of every run")
+    d.add_argument("--resume", action="store_true",
+                   help="reuse runs in --out that finished with the same resolved config (an interrupted demo)")
     d.set_defaults(func=cmd_demo)
     return p
 

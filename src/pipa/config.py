@@ -119,6 +119,76 @@ class MICConfig:
 
 
 @dataclass
+class PixelTermConfig:
+    """L_pix: pixel-wise contrast (spec "Pixel-wise contrast", "Task-smart sampling")."""
+
+    weight: float = 0.1  # λ_pix
+    start: int = 0  # first iteration the term is on
+    temperature: float = 0.1  # τ
+    max_anchors: int = 512  # |A| per step
+    max_per_class: int = 64
+    min_pixels: int = 8  # classes with fewer feature cells in the batch are skipped
+    hard_ratio: float = 0.5  # share of each class's anchors that are hard
+    hard_confidence: float = 0.9  # student max probability below this counts as hard
+    target_threshold: float = 0.968  # target cells need teacher confidence above this for a label
+    memory_per_class: int = 64  # memory entries drawn per class per step into the contrast set (0 = all)
+
+
+@dataclass
+class PatchTermConfig:
+    """L_patch: patch-wise contrast between two views of the same target patch."""
+
+    weight: float = 0.1  # λ_patch
+    start: int = 0
+    temperature: float = 0.1
+    views: str = "student_teacher"  # student_teacher | student_student
+    negatives: str = "semantic"  # semantic (other pseudo-label) | location (any other place)
+    crop: list[float] = field(default_factory=lambda: [0.5, 0.5])  # crop size / image size (h, w)
+    iou: list[float] = field(default_factory=lambda: [0.1, 1.0])  # student_student overlap IoU range
+    max_anchors: int = 256
+    num_negatives: int = 256
+
+
+@dataclass
+class TemporalTermConfig:
+    """L_temp: cross-frame contrast on target clips (video track)."""
+
+    weight: float = 0.1  # λ_temp
+    start: int = 0
+    temperature: float = 0.1
+    use_flow: bool = True  # add the flow-corresponding cell as a positive (occlusion-checked)
+    max_anchors: int = 512
+    max_per_class: int = 64
+    hard_ratio: float = 0.5  # share of temporally unstable anchors
+    max_contrast: int = 1024  # cells of frame τ-k in the contrast set
+    memory_per_class: int = 32  # memory entries per class added to the contrast set (0 = none)
+
+
+@dataclass
+class MemoryConfig:
+    """Semantic-aware memory: class-wise FIFO queues of teacher embeddings."""
+
+    size_per_class: int = 512  # 0 disables the memory
+    push_per_class: int = 64  # entries pushed per class per step (class-balanced)
+    # source cells (ground truth) pushed too: teacher (spec; one more teacher forward per step),
+    # student (its detached source features, no extra pass) or off (target cells only)
+    source: str = "student"
+
+
+@dataclass
+class PiPaConfig:
+    """PiPa++ terms added to a base recipe (methods ``pipa`` and ``pipa_video``)."""
+
+    base: str = "self_training"  # self_training | daformer | mic
+    embed_dim: int = 64  # D of the projection heads
+    hidden_dim: int = 0  # hidden width of the heads (0 = decoder channels)
+    pixel: PixelTermConfig = field(default_factory=PixelTermConfig)
+    patch: PatchTermConfig = field(default_factory=PatchTermConfig)
+    temporal: TemporalTermConfig = field(default_factory=TemporalTermConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+
+@dataclass
 class MethodConfig:
     name: str = "source_only"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -126,6 +196,7 @@ class MethodConfig:
     rcs: RCSConfig = field(default_factory=RCSConfig)
     fd: FDConfig = field(default_factory=FDConfig)
     mic: MICConfig = field(default_factory=MICConfig)
+    pipa: PiPaConfig = field(default_factory=PiPaConfig)
 
 
 @dataclass
@@ -303,6 +374,10 @@ def validate(cfg: Config) -> None:
         "train.amp": (cfg.train.amp, ("auto", "bf16", "fp16", "off")),
         "train.device": (cfg.train.device, ("auto", "cpu", "cuda")),
         "model.decoder": (cfg.model.decoder, ("daformer", "mlp")),
+        "method.pipa.base": (cfg.method.pipa.base, ("self_training", "daformer", "mic")),
+        "method.pipa.patch.views": (cfg.method.pipa.patch.views, ("student_teacher", "student_student")),
+        "method.pipa.patch.negatives": (cfg.method.pipa.patch.negatives, ("semantic", "location")),
+        "method.pipa.memory.source": (cfg.method.pipa.memory.source, ("teacher", "student", "off")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

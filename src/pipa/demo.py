@@ -27,17 +27,26 @@ PRESETS = Path(__file__).parent / "configs"
 # Methods per track, in table order: the default set, then the rest of the ablation
 # (``--methods all``). ``adabn`` is the source_only model with target BN statistics (no training).
 TRACK_METHODS: dict[str, list[str]] = {
-    "image": ["source_only", "adabn", "source_only_aug", "self_training", "oracle"],
-    "video": ["source_only", "adabn", "self_training", "oracle"],
+    "image": ["source_only", "adabn", "source_only_aug", "self_training", "pixel", "patch", "pipa", "oracle"],
+    "video": ["source_only", "adabn", "self_training", "pipa"],
 }
 EXTRA_METHODS: dict[str, list[str]] = {
     "image": ["daformer", "mic"],
-    "video": ["source_only_aug"],
+    "video": ["source_only_aug", "pixel", "oracle"],
 }
-TABLE_ORDER = ["source_only", "adabn", "source_only_aug", "self_training", "daformer", "mic", "oracle"]
+TABLE_ORDER = ["source_only", "adabn", "source_only_aug", "self_training", "daformer", "mic", "pixel", "patch",
+               "pipa", "oracle"]
 ALL_METHODS = sorted({m for d in (TRACK_METHODS, EXTRA_METHODS) for ms in d.values() for m in ms})
 BASELINES = ("source_only", "adabn", "source_only_aug")  # no target pseudo-labels
-ADAPTED = ("self_training", "daformer", "mic")
+ADAPTED = ("self_training", "daformer", "mic", "pixel", "patch", "pipa")
+# Demo rows that are a configuration of a method rather than a method of their own: the PiPa++
+# ablation on the self_training base. ``pipa`` on the video track adds L_temp (pipa_video).
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "pixel": ("pipa", ["method.pipa.patch.weight=0", "method.pipa.temporal.weight=0"]),  # base + L_pix
+    "patch": ("pipa", ["method.pipa.pixel.weight=0", "method.pipa.temporal.weight=0"]),  # base + L_patch
+    "pipa": ("pipa", []),  # base + L_pix + L_patch (+ L_temp on the video track), sampling and memory
+}
+EMBEDDING_FIGURE = ("self_training", "pipa")
 
 
 def track_methods(track: str, selection: tuple[str, ...] | None) -> list[str]:
@@ -58,11 +67,15 @@ class DemoOptions:
     methods: tuple[str, ...] | None = None
     quick: bool = False
     iterations: int | None = None
+    resume: bool = False  # reuse finished runs whose resolved config is unchanged
 
 
 def run_config(track: str, method: str, seed: int, opts: DemoOptions) -> Config:
     """The config of one demo run: the shared preset, changed only where the method needs it."""
-    overrides = [f"method.name={method}", f"train.seed={seed}", "train.overwrite=true",
+    name, extra = ROWS.get(method, (method, []))
+    if name == "pipa" and track == "video":
+        name = "pipa_video"
+    overrides = [f"method.name={name}", *extra, f"train.seed={seed}", "train.overwrite=true",
                  f"train.out_dir={opts.out / track / method / f'seed{seed}'}"]
     if method == "oracle":  # labelled target training data (an upper bound, not adaptation)
         overrides += ["data.source.domain=target"]
@@ -93,14 +106,16 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                         results[(track, "source_only", seed)] = base
                     res = adabn_run(track, seed, opts, base)
                 else:
-                    res = train(run_config(track, method, seed, opts), progress="none")
+                    res = _train_or_reuse(run_config(track, method, seed, opts), opts.resume)
                 class_names = res.class_names
+                comp = _compactness(track, res, opts)
                 results[(track, method, seed)] = res
                 print(f"   target mIoU {res.miou:.2f}  ({res.train_seconds:.0f} s)", flush=True)
                 runs.append({
                     "track": track, "method": method, "seed": seed, "target_miou": round(res.miou, 3),
                     "per_class_iou": [None if math.isnan(v) else round(v, 3) for v in res.per_class_iou],
                     "iterations": res.iterations, "train_seconds": round(res.train_seconds, 2),
+                    "compactness": {k: round(v, 4) for k, v in comp.items()},
                 })
     wall = time.perf_counter() - t_start
     summary = {"runs": runs, "class_names": class_names, "wall_seconds": round(wall, 1),
@@ -113,13 +128,104 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             figures[track] = _figure(opts, track, results, class_names)
         except Exception as exc:  # a figure must never cost the results
             print(f"   (no figure for {track}: {exc})")
-    notes = {track: gains_text(runs, track) for track in opts.tracks}
+    for track in opts.tracks:
+        try:
+            name = _embedding_figure(opts, track, results, class_names)
+            if name:
+                figures[f"{track}/embedding"] = name
+        except Exception as exc:
+            print(f"   (no embedding figure for {track}: {exc})")
+    notes = {track: gains_text(runs, track) + "\n\n" + compactness_table(runs, track) for track in opts.tracks}
     confusions = {track: _confusion_text(results, track, class_names) for track in opts.tracks}
     _write_report(opts, tables, figures, wall, notes, confusions)
     for track, table in tables.items():
         print(f"\n### {track} track: target mIoU (%)\n\n{table}\n")
     print(f"wrote {opts.out / 'results.json'} and {opts.out / 'report.md'} ({wall:.0f} s)")
     return summary
+
+
+def _train_or_reuse(cfg: Config, resume: bool) -> TrainResult:
+    """Train, or with ``resume`` reuse a finished run of exactly this config (``result.json``)."""
+    import dataclasses
+
+    from .config import to_dict
+
+    path = Path(cfg.train.out_dir) / "result.json"
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("config") == to_dict(cfg):
+            print(f"   reusing the finished run in {path.parent}", flush=True)
+            return TrainResult(**saved["result"])
+    res = train(cfg, progress="none")
+    from .engine.checkpoint import atomic_write
+
+    payload = json.dumps({"config": to_dict(cfg), "result": dataclasses.asdict(res)})
+    atomic_write(path, lambda p: Path(p).write_text(payload))
+    return res
+
+
+def _compactness(track: str, res: TrainResult, opts: DemoOptions) -> dict[str, float]:
+    """Intra- vs inter-class cosine similarity of the model's target pixel features (val split)."""
+    from .evaluation.embedding import compactness, pixel_embeddings
+    from .models import Segmentor
+
+    try:
+        cfg = run_config(track, "source_only", 0, opts)
+        feats, labels = pixel_embeddings(Segmentor.from_pretrained(res.out_dir), _val(cfg), cfg.model.num_classes)
+        return compactness(feats, labels)
+    except Exception as exc:  # a figure of merit must never cost the results
+        print(f"   (no compactness: {exc})")
+        return {}
+
+
+_VAL_CACHE: dict[str, Any] = {}
+
+
+def _val(cfg: Config) -> Any:
+    from .data.datasets import build_dataset
+
+    key = repr(cfg.data.val)
+    if key not in _VAL_CACHE:
+        _VAL_CACHE[key] = build_dataset(cfg.data.val, cfg.model.num_classes, cfg.data.cache_dir)
+    return _VAL_CACHE[key]
+
+
+def compactness_table(runs: list[dict[str, Any]], track: str) -> str:
+    """Mean over seeds of the compactness figures, one row per method."""
+    rows = [r for r in runs if r["track"] == track and r.get("compactness")]
+    if not rows:
+        return ""
+    lines = ["Target pixel features (decoder map F, val split): mean cosine similarity within a class "
+             "(intra), between classes (inter), and the gap (higher = more compact and separable).", "",
+             "| method | intra | inter | gap |", "|---|---|---|---|"]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = [r["compactness"] for r in rows if r["method"] == m]
+        vals = [statistics.mean([x[k] for x in rs]) for k in ("intra", "inter", "gap")]
+        cells = [f"{v:.3f}" for v in vals]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _embedding_figure(opts: DemoOptions, track: str, results: dict, class_names: list[str]) -> str:
+    from .evaluation.embedding import compactness, pixel_embeddings, project_2d
+    from .models import Segmentor
+    from .viz import default_palette, embedding_figure
+
+    picked = [(m, results.get((track, m, 0))) for m in EMBEDDING_FIGURE]
+    picked = [(m, r) for m, r in picked if r is not None]
+    if not picked:
+        return ""
+    cfg = run_config(track, "source_only", 0, opts)
+    points, notes = {}, {}
+    for m, res in picked:
+        feats, labels = pixel_embeddings(Segmentor.from_pretrained(res.out_dir), _val(cfg), cfg.model.num_classes,
+                                         per_class=200)
+        c = compactness(feats, labels)
+        points[m] = (project_2d(feats).numpy(), labels.numpy())
+        notes[m] = f"intra {c['intra']:.2f}, inter {c['inter']:.2f}"
+    name = f"embedding_{track}.png"
+    embedding_figure(opts.out / name, points, default_palette(len(class_names)), class_names, notes)
+    return name
 
 
 def adabn_run(track: str, seed: int, opts: DemoOptions, base: TrainResult) -> TrainResult:
@@ -176,7 +282,8 @@ def _figure(opts: DemoOptions, track: str, results: dict, class_names: list[str]
     from .models import Segmentor
     from .viz import default_palette, qualitative_figure
 
-    seed0 = [(m, r) for (t, m, s), r in results.items() if t == track and s == 0]
+    seed0 = [(m, r) for (t, m, s), r in results.items() if t == track and s == 0 and m in ("source_only", "adabn",
+                                                                                             "self_training", "pipa", "oracle")]
     if not seed0:
         return ""
     cfg = run_config(track, seed0[0][0], 0, opts)
@@ -242,4 +349,7 @@ def _write_report(opts: DemoOptions, tables: dict[str, str], figures: dict[str, 
             lines += ["Source-only confusion on the target (seed 0):", "", "```", confusions[track], "```", ""]
         if figures.get(track):
             lines += [f"![qualitative {track}]({figures[track]})", ""]
+        if figures.get(f"{track}/embedding"):
+            lines += ["Target pixel features of self_training and pipa (seed 0), principal-component projection:",
+                      "", f"![embeddings {track}]({figures[track + '/embedding']})", ""]
     (opts.out / "report.md").write_text("\n".join(lines))

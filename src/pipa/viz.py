@@ -89,3 +89,25 @@ class DebugImages:
         Image.fromarray(grid).save(self.folder / f"{iteration:06d}.png")
         if self.writer is not None:
             self.writer.add_image("debug", grid, iteration, dataformats="HWC")
+
+
+def embedding_figure(path: str | Path, points: dict[str, tuple[np.ndarray, np.ndarray]], palette: np.ndarray,
+                     class_names: list[str], notes: dict[str, str] | None = None) -> None:
+    """One scatter panel per method: 2-D projected pixel embeddings ``(N, 2)`` coloured by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 4.4), squeeze=False)
+    for ax, (name, (xy, lab)) in zip(axes[0], points.items()):
+        ax.scatter(xy[:, 0], xy[:, 1], c=palette[lab] / 255, s=3, alpha=0.6, linewidths=0)
+        ax.set_title(f"{name}" + (f"\n{notes[name]}" if notes and name in notes else ""), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Patch(color=palette[i] / 255, label=nm) for i, nm in enumerate(class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(class_names), 8), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -326,7 +326,7 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
         bar.close()
     res = run_eval(total)
     if world > 1:
-        _check_in_sync(method.export_model(), main)
+        _check_in_sync(method, main)
     checkpoint(total)
     if main:
         method.export_model().save_pretrained(out)
@@ -337,15 +337,20 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
                        res.confusion.tolist(), best)
 
 
-def _check_in_sync(model: torch.nn.Module, main: bool) -> None:
-    """DDP keeps replicas identical; verify it (a diverged rank is a bug worth stopping for)."""
-    vec = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+def _check_in_sync(method: torch.nn.Module, main: bool) -> None:
+    """DDP keeps replicas identical; verify it (a diverged rank is a bug worth stopping for): every
+    parameter (student, teacher, training heads) and the contrastive memory, which is all-gathered
+    before each push. Batch-norm running statistics are left out: each rank updates them with its
+    own batch after DDP's broadcast."""
+    tensors = [p for p in method.parameters()]
+    tensors += [b for name, b in method.named_buffers() if name.startswith("memory.")]
+    vec = torch.cat([t.detach().float().reshape(-1) for t in tensors])
     mine = torch.stack([vec.sum(), (vec * torch.arange(vec.numel(), device=vec.device) % 7).sum()])
     lo, hi = mine.clone(), mine.clone()
     torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
     torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
     if not torch.allclose(lo, hi, rtol=1e-5, atol=1e-5):
-        raise RuntimeError("DDP replicas diverged: parameters differ between ranks")
+        raise RuntimeError("DDP replicas diverged: parameters or memory differ between ranks")
     if main:
         print(f"ranks in sync ({dist_utils.world_size()} replicas)", flush=True)
 

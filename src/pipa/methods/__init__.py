@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import difflib
+from functools import partial
+from typing import Callable
 
 from ..config import Config, ConfigError
 from ..models import Segmentor
 from .base import UDAMethod
+from .pipa import build_pipa
 from .self_training import MIC, DAFormer, SelfTraining
 from .source_only import SourceOnly, SourceOnlyAug
 
-METHODS: dict[str, type[UDAMethod]] = {
+METHODS: dict[str, Callable[[Config, Segmentor], UDAMethod]] = {
     "source_only": SourceOnly,
     "source_only_aug": SourceOnlyAug,
     "oracle": SourceOnly,  # same loss; the config points data.source at labelled target data
     "self_training": SelfTraining,
     "daformer": DAFormer,
     "mic": MIC,
+    "pipa": partial(build_pipa, clips=False),  # base recipe (method.pipa.base) + PiPa++ terms
+    "pipa_video": partial(build_pipa, clips=True),  # the same, requiring target clips (L_temp)
 }
 
 

@@ -38,6 +38,7 @@ class SelfTraining(UDAMethod):
         t = cfg.method.teacher
         self.teacher = EMATeacher(model, t.alpha, t.mode, t.buffers)
         self.debug: dict[str, Tensor] = {}
+        self.context: dict[str, Any] = {}
 
     def augment(self, images: Tensor, gen: torch.Generator) -> Tensor:
         a = self.cfg.method.aug
@@ -61,8 +62,8 @@ class SelfTraining(UDAMethod):
         extra_src = self.source_terms(src, out_s, logs)
 
         t = self.cfg.method.teacher
-        pl, pw, conf = pseudo_label(self.teacher(tgt["image"]).logits, t.pseudo_threshold, t.weight,
-                                    t.ignore_top, t.ignore_bottom)
+        out_t = self.teacher(tgt["image"])
+        pl, pw, conf = pseudo_label(out_t.logits, t.pseudo_threshold, t.weight, t.ignore_top, t.ignore_bottom)
         mask = classmix_masks(src["label"], src.get("rcs_class"), gen)
         mix_img, mix_lbl, mix_w = classmix(mask, src["image"], tgt["image"], src["label"], pl, pw)
         mix_img = self.augment(mix_img, gen)
@@ -76,6 +77,9 @@ class SelfTraining(UDAMethod):
             "pseudo/confident_fraction": float((conf > t.pseudo_threshold).float().mean()),
             "pseudo/weight": float(pw.mean()),
         })
+        # what add-on terms (PiPa++) build on; no extra computation
+        self.context = {"out_s": out_s, "out_m": out_m, "out_t": out_t, "pseudo_label": pl, "confidence": conf,
+                        "mix_mask": mask, "mix_label": mix_lbl, "generator": gen}
         self.debug = {"source": src["image"], "source_label": src["label"], "target": tgt["image"],
                       "mixed": mix_img.detach(), "mask": mask, "pseudo_label": pl, "weight": mix_w,
                       **({"target_label": tgt["label"]} if "label" in tgt else {})}

@@ -71,9 +71,13 @@ class Segmentor(nn.Module):
         logits = self.classifier(self.dropout(features))
         return F.interpolate(logits, size, mode="bilinear", align_corners=False)
 
-    def forward(self, images: Tensor) -> SegOutput:
+    def forward(self, images: Tensor, features_only: bool = False) -> SegOutput:
+        """``features_only``: skip the classifier (``logits`` is an empty tensor); training-only
+        heads that need the fused map alone use it."""
         enc = self.encoder(self.normalize(images))
         feats = self.decoder(enc)
+        if features_only:
+            return SegOutput(feats.new_zeros(0), feats, enc)
         return SegOutput(self.classify(feats, tuple(images.shape[-2:])), feats, enc)
 
     @torch.inference_mode()

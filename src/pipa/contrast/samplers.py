@@ -1,0 +1,142 @@
+"""Task-smart sampling (method spec, "Task-smart sampling"): miners that pick anchors and the
+contrast set. They run under ``no_grad``, return index tensors and statistics, and never compute
+a loss. Hardness comes from the student's own trained classifier (the published code used an
+untrained auxiliary head), or for video from the temporal instability of its predictions.
+
+Labels are feature-cell labels (255 = ignore, never a class)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Sample:
+    """``index`` (A,) int64 into the candidate rows; ``hard`` (A,) bool; ``stats`` per class."""
+
+    index: Tensor
+    hard: Tensor
+    anchors_per_class: list[int] = field(default_factory=list)
+    hard_per_class: list[int] = field(default_factory=list)
+
+    def logs(self, prefix: str, class_names: list[str] | None = None) -> dict[str, float]:
+        names = class_names or [str(c) for c in range(len(self.anchors_per_class))]
+        out = {f"{prefix}/anchors": float(self.index.numel()), f"{prefix}/hard": float(self.hard.sum())}
+        for c, name in enumerate(names):
+            if c < len(self.anchors_per_class) and self.anchors_per_class[c]:
+                out[f"{prefix}/anchors_{name}"] = float(self.anchors_per_class[c])
+                out[f"{prefix}/hard_{name}"] = float(self.hard_per_class[c])
+        return out
+
+
+def _perm(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.randperm(n, generator=generator).to(device)
+
+
+@torch.no_grad()
+def class_balanced(labels: Tensor, hard: Tensor, num_classes: int, max_anchors: int, max_per_class: int,
+                   min_pixels: int, hard_ratio: float, generator: torch.Generator | None = None) -> Sample:
+    """Pick at most ``min(max_per_class, max_anchors // #classes)`` rows of each class having at
+    least ``min_pixels`` rows; ``round(hard_ratio · n)`` of a class's ``n`` picks are hard rows
+    (fewer if it has fewer), the rest random easy rows, topped up from whichever kind is left.
+
+    Shape: labels (N,) int64, hard (N,) bool -> :class:`Sample`."""
+    if labels.shape != hard.shape or labels.dim() != 1:
+        raise ValueError(f"labels and hard must be (N,), got {tuple(labels.shape)} and {tuple(hard.shape)}")
+    if not 0.0 <= hard_ratio <= 1.0:
+        raise ValueError(f"hard_ratio must be in [0, 1], got {hard_ratio}")
+    dev = labels.device
+    counts = torch.bincount(labels[labels != IGNORE_INDEX].clamp(0, num_classes - 1), minlength=num_classes)[:num_classes]
+    present = [c for c in range(num_classes) if int(counts[c]) >= max(min_pixels, 1)]
+    per_anchor, per_hard = [0] * num_classes, [0] * num_classes
+    if not present:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return Sample(empty, torch.zeros(0, dtype=torch.bool, device=dev), per_anchor, per_hard)
+    quota = min(max_per_class, max_anchors // len(present))
+    picks, flags = [], []
+    for c in present:
+        rows = (labels == c).nonzero().squeeze(1)
+        h = hard[rows]
+        hard_rows, easy_rows = rows[h], rows[~h]
+        n = min(quota, rows.numel())
+        n_hard = min(int(round(hard_ratio * n)), hard_rows.numel())
+        n_easy = min(n - n_hard, easy_rows.numel())
+        n_hard = min(n - n_easy, hard_rows.numel())  # top up with hard rows when easy ones run out
+        hp = hard_rows[_perm(hard_rows.numel(), generator, dev)[:n_hard]]
+        ep = easy_rows[_perm(easy_rows.numel(), generator, dev)[:n_easy]]
+        picks += [hp, ep]
+        flags += [torch.ones_like(hp, dtype=torch.bool), torch.zeros_like(ep, dtype=torch.bool)]
+        per_anchor[c], per_hard[c] = n_hard + n_easy, n_hard
+    return Sample(torch.cat(picks), torch.cat(flags), per_anchor, per_hard)
+
+
+class ImageSampler:
+    """Image task: class-balanced anchors, a ``hard_ratio`` share of them pixels the student gets
+    wrong (argmax differs from the label) or is unsure of (max probability < ``hard_confidence``).
+    Negatives come mainly from the memory (``memory_per_class`` entries of each class)."""
+
+    def __init__(self, num_classes: int, max_anchors: int = 1024, max_per_class: int = 128, min_pixels: int = 8,
+                 hard_ratio: float = 0.5, hard_confidence: float = 0.9, memory_per_class: int | None = None) -> None:
+        self.num_classes, self.max_anchors, self.max_per_class = num_classes, max_anchors, max_per_class
+        self.min_pixels, self.hard_ratio, self.hard_confidence = min_pixels, hard_ratio, hard_confidence
+        self.memory_per_class = memory_per_class
+
+    @torch.no_grad()
+    def hardness(self, labels: Tensor, probs: Tensor) -> Tensor:
+        """labels (N,), student probabilities (N, K) -> hard (N,) bool."""
+        conf, pred = probs.max(1)
+        return (pred != labels) | (conf < self.hard_confidence)
+
+    @torch.no_grad()
+    def __call__(self, labels: Tensor, probs: Tensor, generator: torch.Generator | None = None) -> Sample:
+        return class_balanced(labels, self.hardness(labels, probs), self.num_classes, self.max_anchors,
+                              self.max_per_class, self.min_pixels, self.hard_ratio, generator)
+
+
+class VideoSampler:
+    """Video task: hard anchors are temporally unstable cells (the student's argmax at frame τ
+    differs from the flow-warped, or co-located, argmax at τ-k). The contrast set comes from the
+    neighbouring frame (class-balanced, ``max_contrast`` rows); the memory adds fewer entries
+    (``memory_per_class``)."""
+
+    def __init__(self, num_classes: int, max_anchors: int = 1024, max_per_class: int = 128, min_pixels: int = 8,
+                 hard_ratio: float = 0.5, max_contrast: int = 2048, memory_per_class: int | None = 32) -> None:
+        self.num_classes, self.max_anchors, self.max_per_class = num_classes, max_anchors, max_per_class
+        self.min_pixels, self.hard_ratio, self.max_contrast = min_pixels, hard_ratio, max_contrast
+        self.memory_per_class = memory_per_class
+
+    @torch.no_grad()
+    def hardness(self, pred: Tensor, prev_pred: Tensor, prev_valid: Tensor) -> Tensor:
+        """pred (N,) at τ, prev_pred (N,) the τ-k prediction brought to the same cells, prev_valid
+        (N,) bool (in bounds) -> unstable (N,) bool."""
+        return prev_valid & (pred != prev_pred)
+
+    @torch.no_grad()
+    def __call__(self, labels: Tensor, pred: Tensor, prev_pred: Tensor, prev_valid: Tensor,
+                 generator: torch.Generator | None = None) -> Sample:
+        return class_balanced(labels, self.hardness(pred, prev_pred, prev_valid), self.num_classes, self.max_anchors,
+                              self.max_per_class, self.min_pixels, self.hard_ratio, generator)
+
+    @torch.no_grad()
+    def contrast(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Class-balanced rows of the neighbouring frame, at most ``max_contrast``: (C,) int64."""
+        none = torch.zeros_like(labels, dtype=torch.bool)
+        per_class = max(1, self.max_contrast // self.num_classes)
+        return class_balanced(labels, none, self.num_classes, self.max_contrast, per_class, 1, 0.0, generator).index
+
+
+@torch.no_grad()
+def pair_counts(anchor_labels: Tensor, contrast_labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Mean positives and negatives per anchor of each class, (K,) float each (an anchor's own
+    row is not counted, as in :class:`~pipa.contrast.losses.PixelContrastLoss`)."""
+    valid = contrast_labels[contrast_labels != IGNORE_INDEX]
+    n_c = torch.bincount(valid, minlength=num_classes)[:num_classes].float()
+    a_c = torch.bincount(anchor_labels[anchor_labels != IGNORE_INDEX], minlength=num_classes)[:num_classes].float()
+    pos = torch.where(a_c > 0, n_c - 1, torch.zeros_like(n_c)).clamp_min(0)
+    neg = torch.where(a_c > 0, valid.numel() - n_c, torch.zeros_like(n_c))
+    return pos, neg
