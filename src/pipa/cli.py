@@ -164,6 +164,25 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from .data.stats import dataset_stats, open_dataset
+
+    ds = open_dataset(args.dataset, args.root, args.split, args.classes, on_error="skip")
+    stats = dataset_stats(ds)
+    if args.json:
+        print(_json.dumps(stats))
+    else:
+        total = sum(stats["pixel_counts"].values()) or 1
+        print(f"{args.dataset}: {stats['num_images']} images, {len(stats['class_names'])} classes")
+        for name, n in stats["pixel_counts"].items():
+            print(f"  {name:>16}  {n:>14,d}  {100 * n / total:6.2f}%")
+        for p in stats["problems"]:
+            print(f"  problem: {p['file']}: {p['problem']}")
+    return 1 if args.strict and stats["problems"] else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import ALL_METHODS, DemoOptions, run_demo
 
@@ -224,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--width", type=int, default=192)
     ms.add_argument("--seed", type=int, default=0)
     ms.set_defaults(func=cmd_make_synthetic)
+
+    ds = sub.add_parser("data-stats", help="class pixel counts and problems of a dataset (one JSON object with --json)")
+    ds.add_argument("--dataset", required=True,
+                    choices=["gta5", "cityscapes", "synthia", "synthia_seq", "viper", "cityscapes_seq", "folder", "synthetic"])
+    ds.add_argument("--root", help="dataset folder in its original layout")
+    ds.add_argument("--split", help="train | val (synthetic: source | target | val)")
+    ds.add_argument("--classes", type=int, help="class set (e.g. 19, 16 or 13 for SYNTHIA; default: the benchmark's)")
+    ds.add_argument("--json", action="store_true", help="print one JSON object")
+    ds.add_argument("--strict", action="store_true", help="exit 1 when problems were found")
+    ds.set_defaults(func=cmd_data_stats)
 
     d = sub.add_parser("demo", help="train every method on the built-in benchmark and report")
     d.add_argument("--out", default="runs/demo")

@@ -17,12 +17,9 @@ from torch.utils.data import Dataset
 
 from ..config import DatasetConfig
 from . import synthetic
+from .io import DatasetError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-class DatasetError(ValueError):
-    """A problem with a dataset on disk (the message names the file)."""
 
 
 def default_cache_dir() -> Path:

@@ -18,6 +18,7 @@ the bare segmentor, so the deployed model has exactly the base recipe's paramete
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -37,6 +38,23 @@ from .base import Batch
 from .self_training import MIC, DAFormer, SelfTraining
 
 BASES: dict[str, type[SelfTraining]] = {"self_training": SelfTraining, "daformer": DAFormer, "mic": MIC}
+
+
+@dataclass
+class PatchViews:
+    """Cells of the two views of L_patch: ``m1``/``m2`` (N1, C)/(N2, C) feature rows; ``k1[i]``
+    and ``k2[i]`` index the same image cell in each (the positive pairs); ``lab``/``ids`` give each
+    row's teacher pseudo-label and global cell id; ``teacher2``: view 2 is the teacher's map."""
+
+    m1: Tensor
+    m2: Tensor
+    k1: Tensor
+    k2: Tensor
+    lab1: Tensor
+    lab2: Tensor
+    ids1: Tensor
+    ids2: Tensor
+    teacher2: bool
 
 
 def _cells(x: Tensor) -> Tensor:
@@ -193,6 +211,10 @@ class PiPaTerms:
 
     def _patch_term(self, tgt: dict[str, Tensor], ctx: dict[str, Any], stride: int, gen: torch.Generator,
                     logs: dict[str, float]) -> Tensor:
+        return self._patch_contrast(self._patch_views(tgt, ctx, stride, gen), gen, logs)
+
+    def _patch_views(self, tgt: dict[str, Tensor], ctx: dict[str, Any], stride: int, gen: torch.Generator) -> PatchViews:
+        """The network passes and geometry of L_patch: crops, their features, aligned cell ids."""
         pc = self.cfg.method.pipa.patch  # type: ignore[attr-defined]
         img = tgt["image"]
         B, _, H, W = img.shape
@@ -232,6 +254,13 @@ class PiPaTerms:
             k1, k2 = torch.cat(kk1), torch.cat(kk2)
             lab1, lab2, ids1, ids2 = torch.cat(l1), torch.cat(l2), torch.cat(i1), torch.cat(i2)
             teacher2 = False
+        return PatchViews(m1, m2, k1, k2, lab1, lab2, ids1, ids2, teacher2)
+
+    def _patch_contrast(self, v: PatchViews, gen: torch.Generator, logs: dict[str, float]) -> Tensor:
+        """Sampling, projection and the loss of L_patch (no network pass of the segmentor)."""
+        pc = self.cfg.method.pipa.patch  # type: ignore[attr-defined]
+        m1, m2, k1, k2, lab1, lab2, ids1, ids2, teacher2 = (v.m1, v.m2, v.k1, v.k2, v.lab1, v.lab2, v.ids1, v.ids2,
+                                                            v.teacher2)
         dev = m1.device
         if k1.numel() > pc.max_anchors:
             keep = torch.randperm(k1.numel(), generator=gen)[: pc.max_anchors]
@@ -278,40 +307,56 @@ class PiPaTerms:
 
     def _temporal_term(self, tgt: dict[str, Tensor], ctx: dict[str, Any], stride: int, gen: torch.Generator,
                        logs: dict[str, float]) -> Tensor:
-        tp, px = self.cfg.method.pipa.temporal, self.cfg.method.pipa.pixel  # type: ignore[attr-defined]
+        return self._temporal_contrast(self._temporal_inputs(tgt, ctx, stride), ctx, gen, logs)
+
+    @torch.no_grad()
+    def _temporal_inputs(self, tgt: dict[str, Tensor], ctx: dict[str, Any], stride: int) -> dict[str, Any]:
+        """The teacher pass on frame τ-k, its labels, and everything warped to frame τ's cells."""
+        px = self.cfg.method.pipa.pixel  # type: ignore[attr-defined]
+        fcells = None
+        out_p = self.teacher(tgt["prev_image"])  # type: ignore[attr-defined]
+        conf_p, pl_p = out_p.logits.float().softmax(1).max(1)
+        pl_p[conf_p <= px.target_threshold] = IGNORE_INDEX
+        prev_lab = pool_labels(pl_p, stride, self.num_classes)  # (B, h, w)
+        prev_pred = F.avg_pool2d(out_p.logits.float(), stride, stride).argmax(1)
+        cur_pred = F.avg_pool2d(ctx["out_m"].logits.detach().float(), stride, stride).argmax(1)
+        # anchors: target cells of the mixed image (frame τ), labelled by confident pseudo-labels
+        cur_lab = self._target_cell_labels(ctx, px.target_threshold, stride)
+        target_cell = pool_labels((~ctx["mix_mask"]).long(), stride, 2) == 1
+        cur_lab = torch.where(target_cell, cur_lab, torch.full_like(cur_lab, IGNORE_INDEX))
+        has_flow = "flow" in tgt
+        if has_flow:
+            fvalid_px = tgt.get("flow_valid", torch.ones_like(tgt["flow"][:, 0], dtype=torch.bool))
+            fcells, fvalid = flow_to_cells(tgt["flow"], fvalid_px, stride)
+            warped, inb = warp_backward(torch.stack([prev_pred, prev_lab], 1).float(), fcells, mode="nearest")
+            warped_pred, warped_lab = warped[:, 0].long(), warped[:, 1].long()
+            inb = inb & fvalid
+        else:  # co-located cells
+            warped_pred, warped_lab, inb = prev_pred, prev_lab, torch.ones_like(prev_pred, dtype=torch.bool)
+        return {"prev_features": out_p.features, "prev_lab": prev_lab, "cur_lab": cur_lab, "cur_pred": cur_pred,
+                "warped_pred": warped_pred, "warped_lab": warped_lab, "inb": inb, "flow_cells": fcells,
+                "has_flow": has_flow}
+
+    def _temporal_contrast(self, inp: dict[str, Any], ctx: dict[str, Any], gen: torch.Generator,
+                           logs: dict[str, float]) -> Tensor:
+        """Sampling, projection, memory rows and the loss of L_temp (no segmentor pass)."""
+        tp = self.cfg.method.pipa.temporal  # type: ignore[attr-defined]
         assert self.pix_head_ema is not None
-        with torch.no_grad():
-            out_p = self.teacher(tgt["prev_image"])  # type: ignore[attr-defined]
-            conf_p, pl_p = out_p.logits.float().softmax(1).max(1)
-            pl_p[conf_p <= px.target_threshold] = IGNORE_INDEX
-            prev_lab = pool_labels(pl_p, stride, self.num_classes)  # (B, h, w)
-            prev_pred = F.avg_pool2d(out_p.logits.float(), stride, stride).argmax(1)
-            cur_pred = F.avg_pool2d(ctx["out_m"].logits.detach().float(), stride, stride).argmax(1)
-            # anchors: target cells of the mixed image (frame τ), labelled by confident pseudo-labels
-            cur_lab = self._target_cell_labels(ctx, px.target_threshold, stride)
-            target_cell = pool_labels((~ctx["mix_mask"]).long(), stride, 2) == 1
-            cur_lab = torch.where(target_cell, cur_lab, torch.full_like(cur_lab, IGNORE_INDEX))
-            has_flow = "flow" in tgt
-            if has_flow:
-                fvalid_px = tgt.get("flow_valid", torch.ones_like(tgt["flow"][:, 0], dtype=torch.bool))
-                fcells, fvalid = flow_to_cells(tgt["flow"], fvalid_px, stride)
-                warped, inb = warp_backward(torch.stack([prev_pred, prev_lab], 1).float(), fcells, mode="nearest")
-                warped_pred, warped_lab = warped[:, 0].long(), warped[:, 1].long()
-                inb = inb & fvalid
-            else:  # co-located cells
-                warped_pred, warped_lab, inb = prev_pred, prev_lab, torch.ones_like(prev_pred, dtype=torch.bool)
+        prev_lab, cur_lab, cur_pred, inb = inp["prev_lab"], inp["cur_lab"], inp["cur_pred"], inp["inb"]
+        warped_pred, warped_lab, fcells, has_flow = inp["warped_pred"], inp["warped_lab"], inp["flow_cells"], inp["has_flow"]
+        prev_features = inp["prev_features"]
         lab = cur_lab.reshape(-1)
         sample = self.video_sampler(lab, cur_pred.reshape(-1), warped_pred.reshape(-1), inb.reshape(-1), gen)
         anchors, a_lab = self.pix_head_fwd(_cells(ctx["out_m"].features)[sample.index]), lab[sample.index]
         with torch.no_grad():
             c_idx = self.video_sampler.contrast(prev_lab.reshape(-1), gen)
-            contrast, c_lab = self.pix_head_ema(_cells(out_p.features)[c_idx]), prev_lab.reshape(-1)[c_idx]
+            contrast, c_lab = self.pix_head_ema(_cells(prev_features)[c_idx]), prev_lab.reshape(-1)[c_idx]
             if self.memory is not None and tp.memory_per_class > 0:
                 mf, ml = self.memory.get(tp.memory_per_class, gen)
                 contrast, c_lab = torch.cat([contrast, mf.to(contrast.dtype)]), torch.cat([c_lab, ml])
             matched = matched_valid = None
             if tp.use_flow and has_flow:
-                warped_f, _ = warp_backward(out_p.features.float(), fcells, mode="bilinear")
+                warped_f, _ = warp_backward(prev_features.float(), fcells, mode="bilinear")
                 matched = self.pix_head_ema(_cells(warped_f)[sample.index])
                 ok = (inb & (warped_lab == cur_lab) & (cur_lab != IGNORE_INDEX)).reshape(-1)
                 matched_valid = ok[sample.index]

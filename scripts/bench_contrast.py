@@ -1,0 +1,194 @@
+"""Cost of the PiPa++ terms on the CPU preset (a benchmark, not a test).
+
+    PYTHONPATH=src python scripts/bench_contrast.py [--steps 15] [--overrides key=value ...]
+
+Prints three Markdown tables, all from this one run (compare ratios within a run only; run it on
+an otherwise idle machine):
+1. the training step (forward + backward + optimiser + EMA) of ``self_training`` and ``pipa`` on
+   image batches, and of ``self_training`` and ``pipa_video`` on clip batches, with the ratios;
+2. the contrastive part alone: sampling + projection heads + losses (forward and backward, down
+   to the decoder features) + memory read/push, its share of the pipa step and its peak memory
+   (tensor allocations recorded by the PyTorch profiler). Network passes that a term needs (the
+   patch crop through the student, the teacher on the previous frame) are not part of it: they
+   are in the step times of table 1;
+3. how ``PixelContrastLoss`` (forward + backward) grows with the number of anchors and memory
+   entries, with its peak memory (chunks of 1024 anchors, recomputed in backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from pipa.config import load_config  # noqa: E402
+from pipa.contrast import PixelContrastLoss  # noqa: E402
+from pipa.data.datasets import SyntheticDataset  # noqa: E402
+from pipa.methods import build_method  # noqa: E402
+from pipa.methods.base import step_generator  # noqa: E402
+from pipa.models import build_segmentor  # noqa: E402
+
+PRESET = Path(__file__).resolve().parents[1] / "src" / "pipa" / "configs" / "synthetic.yaml"
+
+
+def make_batch(cfg, clips: bool) -> dict:
+    B, H, W = cfg.data.batch_size, cfg.data.source.height, cfg.data.source.width
+    T = 4 if clips else 1
+
+    def stack(domain: str, labelled: bool) -> dict:
+        ds = SyntheticDataset(domain, "train", B, H, W, 0, T, labelled=labelled)
+        items = [ds[i] for i in range(B)]
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    return {"source": stack("source", True), "target": stack("target", False)}
+
+
+def build(name: str, overrides: list[str]):
+    cfg = load_config(PRESET, [f"method.name={name}", *overrides])
+    torch.manual_seed(0)
+    method = build_method(cfg, build_segmentor(cfg.model))
+    method.train()
+    opt = torch.optim.AdamW(method.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult), lr=cfg.optim.lr)
+    return cfg, method, opt
+
+
+def iq_mean(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = xs[len(xs) // 4: len(xs) * 3 // 4 + 1]
+    return sum(mid) / len(mid)
+
+
+def step_time(name: str, clips: bool, steps: int, overrides: list[str], warmup: int = 30):
+    """Warm-up steps first: the memory fills and the teacher becomes confident, as in training."""
+    cfg, method, opt = build(name, overrides)
+    batch = make_batch(cfg, clips)
+    times = []
+    for it in range(warmup + steps):
+        t0 = time.perf_counter()
+        loss, _ = method.step(batch, it)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        method.after_step(it)
+        if it >= warmup:
+            times.append(time.perf_counter() - t0)
+    return iq_mean(times), method, batch
+
+
+def peak_bytes(fn) -> tuple[float, int]:
+    """(seconds, peak bytes of tensors allocated while ``fn`` runs), from the profiler's records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage),
+                    key=lambda x: x[0])
+    cur = best = 0
+    for _, m in events:
+        cur += m
+        best = max(best, cur)
+    return 0.0, best
+
+
+def contrastive_part(method, batch, clips: bool, steps: int) -> tuple[float, int]:
+    """Time and peak memory of sampling + heads + losses (fwd + bwd) + memory, on the features of
+    the last real step (detached into leaves, so no segmentor pass is timed)."""
+    ctx0 = method.context
+    src, tgt = batch["source"], batch["target"]
+    stride = src["image"].shape[-1] // ctx0["out_s"].features.shape[-1]
+    gen = step_generator(0, 10_000)
+    views = method._patch_views(tgt, ctx0, stride, gen) if method.patch_head is not None else None
+    tin = method._temporal_inputs(tgt, ctx0, stride) if clips else None
+
+    def leaf(x: torch.Tensor) -> torch.Tensor:
+        return x.detach().clone().requires_grad_()
+
+    def once() -> None:
+        ctx = dict(ctx0)
+        ctx["out_s"] = dataclasses.replace(ctx0["out_s"], features=leaf(ctx0["out_s"].features))
+        ctx["out_m"] = dataclasses.replace(ctx0["out_m"], features=leaf(ctx0["out_m"].features))
+        logs: dict = {}
+        loss = method._pixel_term(src, ctx, stride, gen, logs)
+        if views is not None:
+            loss = loss + method._patch_contrast(dataclasses.replace(views, m1=leaf(views.m1)), gen, logs)
+        if tin is not None:
+            loss = loss + method._temporal_contrast(tin, ctx, gen, logs)
+        loss.backward()
+        method._push_memory(src, ctx, stride, gen)
+
+    for _ in range(3):
+        once()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    _, peak = peak_bytes(once)
+    return iq_mean(times), peak
+
+
+def pixel_scaling(anchors: int, memory: int, dim: int = 64, classes: int = 19, reps: int = 3) -> tuple[float, int]:
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(anchors, dim, generator=g), dim=1)
+    m = F.normalize(torch.randn(memory, dim, generator=g), dim=1)
+    la, lm = torch.randint(0, classes, (anchors,), generator=g), torch.randint(0, classes, (memory,), generator=g)
+    loss_fn = PixelContrastLoss(0.1, chunk_size=1024)
+
+    def once() -> None:
+        x = a.clone().requires_grad_()
+        loss_fn(x, la, m, lm).backward()
+
+    once()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        once()
+    seconds = (time.perf_counter() - t0) / reps
+    _, peak = peak_bytes(once)
+    return seconds, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=30, help="steps before timing (memory fills, teacher warms up)")
+    ap.add_argument("--anchors", type=int, nargs="*", default=[256, 1024, 4096])
+    ap.add_argument("--memory", type=int, nargs="*", default=[0, 4096, 16384])
+    ap.add_argument("--overrides", nargs="*", default=[], help="config key=value overrides for every method")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU preset (batch 8+8, 96x192) "
+          f"{' '.join(args.overrides)}\n")
+
+    print("### 1. Training step\n\n| data | method | step (ms) | ratio to self_training |\n|---|---|---|---|")
+    parts = {}
+    for clips, names in ((False, ("self_training", "pipa")), (True, ("self_training", "pipa_video"))):
+        base = None
+        for name in names:
+            t, method, batch = step_time(name, clips, args.steps, args.overrides, args.warmup)
+            base = base or t
+            print(f"| {'clips' if clips else 'images'} | {name} | {t * 1000:.0f} | {t / base:.2f} |", flush=True)
+            if name != "self_training":
+                parts[name] = (t, contrastive_part(method, batch, clips, args.steps))
+
+    print("\n### 2. Contrastive part alone (sampling + heads + losses fwd/bwd + memory)\n")
+    print("| method | contrastive part (ms) | share of the step | peak tensor memory (MiB) |\n|---|---|---|---|")
+    for name, (step, (t, peak)) in parts.items():
+        print(f"| {name} | {t * 1000:.1f} | {100 * t / step:.0f}% | {peak / 2**20:.1f} |", flush=True)
+
+    print("\n### 3. PixelContrastLoss forward + backward (D = 64, 19 classes, chunks of 1024 anchors)\n")
+    print("| anchors | memory entries | time (ms) | peak tensor memory (MiB) | unchunked block (MiB) |\n|---|---|---|---|---|")
+    for anchors in args.anchors:
+        for memory in args.memory:
+            t, peak = pixel_scaling(anchors, memory)
+            block = anchors * (anchors + memory) * 4 / 2**20
+            print(f"| {anchors} | {memory} | {t * 1000:.1f} | {peak / 2**20:.1f} | {block:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

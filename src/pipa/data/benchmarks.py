@@ -1,0 +1,402 @@
+"""Loaders for the published benchmarks in their original on-disk layouts (reference:
+``datasets.md`` §1), with label mappings as data (``pipa.data.mappings``).
+
+=================  ====================================================================  =========
+name               layout under ``root``                                                  labels
+=================  ====================================================================  =========
+``gta5``           ``images/NNNNN.png``, ``labels/NNNNN.png``                             palette PNG, Cityscapes ids -> 19
+``cityscapes``     ``leftImg8bit/{split}/{city}/*_leftImg8bit.png``,                      ``labelIds`` -> 19 / 16 / 13 / 12 / 15
+                   ``gtFine/{split}/{city}/*_gtFine_labelIds.png``
+``synthia``        ``RGB/*.png``, ``GT/LABELS/*.png``                                     16-bit, class id in R -> 19 / 16 / 13
+``synthia_seq``    ``rgb/NNNNNN.png`` + ``label/NNNNNN.png`` (DA-VSN), or                 16-bit, R -> 12 (evaluated on 11)
+                   ``RGB/Stereo_Left/Omni_F`` + ``GT/LABELS/Stereo_Left/Omni_F``
+``viper``          ``{split}/img/SSS/SSS_FFFFF.{jpg,png}``, ``{split}/cls/SSS/SSS_FFFFF.png``  indexed PNG -> 15, ego car ignored
+``cityscapes_seq`` ``leftImg8bit_sequence/{split}/{city}/*``, labels from ``gtFine``           as ``cityscapes``
+=================  ====================================================================  =========
+
+Every dataset is indexed up front: missing or unreadable files, image/label size mismatches and
+missing neighbour frames are found then, reported with the file name, and either stop the run
+(``on_error='raise'``) or leave the file out (``'skip'``, listed in ``problems``). Label values
+that are not ids of the dataset are found when a label is read (``pipa data-stats`` reads them
+all). Video datasets return the labelled frame t with frame t-k (``frame_offset``) and, when a
+flow folder is given, the backward flow t -> t-k (DA-VSN ``int16 ×10`` ``.npy`` or KITTI PNG).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .io import DatasetError, image_size, read_flow_kitti, read_flow_npy, read_index_png, read_png16, read_rgb, resize_flow
+from .mappings import LabelMapping, load_mapping
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class Entry:
+    image: Path
+    label: Path | None = None
+    prev: Path | None = None  # frame t-k (video)
+    flow: Path | None = None  # backward flow t -> t-k
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- label readers ------------------------------------------------------------------------------
+def _components_at(mask: np.ndarray, y: int, x: int) -> np.ndarray:
+    """The 8-connected component of ``mask`` containing (y, x), by row runs + union-find
+    (the role of ``cv2.connectedComponentsWithStats`` in DA-VSN's VIPER loader)."""
+    out = np.zeros_like(mask, dtype=bool)
+    if not mask[y, x]:
+        return out
+    runs: list[tuple[int, int, int]] = []  # (row, start, end)
+    row_runs: list[list[int]] = []
+    for r in range(mask.shape[0]):
+        m = np.concatenate([[False], mask[r], [False]]).astype(np.int8)
+        d = np.diff(m)
+        starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+        row_runs.append(list(range(len(runs), len(runs) + len(starts))))
+        runs += [(r, int(s), int(e)) for s, e in zip(starts, ends)]
+    parent = list(range(len(runs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for r in range(1, mask.shape[0]):
+        above = row_runs[r - 1]
+        for i in row_runs[r]:
+            _, s, e = runs[i]
+            for j in above:
+                _, s2, e2 = runs[j]
+                if s2 <= e and s <= e2:  # overlap including diagonal neighbours (8-connectivity)
+                    parent[find(i)] = find(j)
+    target = next(i for i in row_runs[y] if runs[i][1] <= x < runs[i][2])
+    root = find(target)
+    for i, (r, s, e) in enumerate(runs):
+        if find(i) == root:
+            out[r, s:e] = True
+    return out
+
+
+def remove_ego_vehicle(ids: np.ndarray, car_id: int = 24) -> np.ndarray:
+    """VIPER: the car component touching the bottom-centre pixel is the ego vehicle -> id 0."""
+    h, w = ids.shape
+    if ids[h - 1, w // 2] != car_id:
+        return ids
+    ids = ids.copy()
+    ids[_components_at(ids == car_id, h - 1, w // 2)] = 0
+    return ids
+
+
+def _read_png_index(path: Path) -> np.ndarray:
+    return read_index_png(path)
+
+
+def _read_synthia(path: Path) -> np.ndarray:
+    arr = read_png16(path)
+    return arr[..., 0]  # the class id is in the first (red) channel; the second is the instance id
+
+
+# -- the generic indexed dataset ------------------------------------------------------------------
+class IndexedDataset(Dataset):
+    """Entries found by a subclass's ``index``; labels through ``read_label`` and a mapping."""
+
+    name = "indexed"
+    label_reader: Callable[[Path], np.ndarray] = staticmethod(_read_png_index)
+
+    def __init__(self, entries: list[Entry], mapping: LabelMapping | None, labelled: bool = True,
+                 on_error: str = "raise", resize: tuple[int, int] | None = None, crop: tuple[int, int] | None = None,
+                 crop_bottom: int = 0, flow_format: str = "npy", check: bool = True) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be raise or skip, got {on_error!r}")
+        self.mapping = mapping
+        self.class_names = mapping.class_names if mapping else []
+        self.labelled = labelled
+        self.resize, self.crop, self.crop_bottom, self.flow_format = resize, crop, crop_bottom, flow_format
+        self.problems: list[dict[str, str]] = []
+        self.entries: list[Entry] = []
+        for e in entries:
+            problem = self.check_entry(e) if check else None
+            if problem:
+                if on_error == "raise":
+                    raise DatasetError(f"{problem[0]}: {problem[1]}")
+                self.problems.append({"file": str(problem[0]), "problem": problem[1]})
+                continue
+            self.entries.append(e)
+        if not self.entries:
+            raise DatasetError(f"{type(self).__name__}: no usable files found"
+                               + (f" ({len(self.problems)} problems, first: {self.problems[0]})" if self.problems else ""))
+
+    def check_entry(self, e: Entry) -> tuple[Path, str] | None:
+        try:
+            size = image_size(e.image)
+        except DatasetError as exc:
+            return e.image, str(exc).split(": ", 1)[-1]
+        if e.prev is not None:
+            if not e.prev.is_file():
+                return e.prev, "missing neighbour frame"
+            try:
+                if image_size(e.prev) != size:
+                    return e.prev, "neighbour frame size differs from the frame"
+            except DatasetError as exc:
+                return e.prev, str(exc).split(": ", 1)[-1]
+        if e.flow is not None and not e.flow.is_file():
+            return e.flow, "missing optical flow file"
+        if self.labelled:
+            if e.label is None or not e.label.is_file():
+                return (e.label or e.image), "missing label file"
+            try:
+                lsize = image_size(e.label)
+            except DatasetError as exc:
+                return e.label, str(exc).split(": ", 1)[-1]
+            if lsize != size:
+                return e.label, f"label size {lsize[1]}x{lsize[0]} != image size {size[1]}x{size[0]} (W x H)"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # raw ids -> train ids, with the dataset's own rules
+    def raw_label(self, e: Entry) -> np.ndarray:
+        assert e.label is not None
+        return type(self).label_reader(e.label)
+
+    def map_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        assert self.mapping is not None
+        unknown = self.mapping.unknown_values(raw)
+        if unknown:
+            raise DatasetError(f"{path}: label values {unknown[:5]} are not {self.name} ids (0..{self.mapping.max_raw_id})")
+        return self.mapping.apply(raw)
+
+    def label(self, index: int) -> np.ndarray:
+        """Mapped train ids (H, W) uint8 at the label's native resolution (no resize/crop)."""
+        e = self.entries[index]
+        lab = self.map_label(self.raw_label(e), e.label)  # type: ignore[arg-type]
+        return lab[: lab.shape[0] - self.crop_bottom] if self.crop_bottom else lab
+
+    def _image(self, path: Path) -> torch.Tensor:
+        img = read_rgb(path)
+        if self.crop_bottom:
+            img = img[: img.shape[0] - self.crop_bottom]
+        return torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255
+
+    def _flow(self, e: Entry, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        assert e.flow is not None
+        if self.flow_format == "kitti":
+            f, valid = read_flow_kitti(e.flow)
+            flow, v = torch.from_numpy(f), torch.from_numpy(valid)
+        else:
+            flow = torch.from_numpy(read_flow_npy(e.flow))
+            v = torch.ones(flow.shape[1:], dtype=torch.bool)
+        flow = resize_flow(flow, size)
+        v = F.interpolate(v[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
+        return flow, v
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e = self.entries[index]
+        out: dict[str, Any] = {"image": self._image(e.image)}
+        H, W = out["image"].shape[-2:]
+        if self.labelled:
+            out["label"] = torch.from_numpy(self.label(index).astype(np.int64))
+        if e.prev is not None:
+            out["prev_image"] = self._image(e.prev)
+            if e.flow is not None:
+                out["flow"], out["flow_valid"] = self._flow(e, (H, W))
+        if self.resize is not None:
+            out = _resize_item(out, self.resize)
+        if self.crop is not None:
+            out = _random_crop(out, self.crop)
+        return out
+
+
+def _resize_item(item: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """Images bilinear, labels and validity nearest, flow bilinear with per-axis scaling."""
+    out = dict(item)
+    for k in ("image", "prev_image"):
+        if k in item:
+            out[k] = F.interpolate(item[k][None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
+    if "label" in item:
+        out["label"] = F.interpolate(item["label"][None, None].float(), size=size, mode="nearest")[0, 0].long()
+    if "flow" in item:
+        out["flow"] = resize_flow(item["flow"], size)
+        out["flow_valid"] = F.interpolate(item["flow_valid"][None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
+    return out
+
+
+def _random_crop(item: dict[str, Any], crop: tuple[int, int]) -> dict[str, Any]:
+    H, W = item["image"].shape[-2:]
+    ch, cw = min(crop[0], H), min(crop[1], W)
+    y = int(torch.randint(0, H - ch + 1, (1,)))
+    x = int(torch.randint(0, W - cw + 1, (1,)))
+    return {k: v[..., y:y + ch, x:x + cw] if torch.is_tensor(v) else v for k, v in item.items()}
+
+
+def _need_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{what} folder not found: {path}")
+    return path
+
+
+# -- the benchmarks --------------------------------------------------------------------------------
+class GTA5(IndexedDataset):
+    """GTA5 (Playing for Data): all 24,966 frames are source data; labels are Cityscapes ids."""
+
+    name = "gta5"
+
+    def __init__(self, root: str | Path, classes: int = 19, **kw: Any) -> None:
+        root = Path(root)
+        imgs = _need_dir(root / "images", "GTA5 images")
+        labs = root / "labels"
+        entries = [Entry(p, labs / p.name) for p in sorted(imgs.glob("*.png"))]
+        super().__init__(entries, load_mapping(f"gta5_{classes}"), **kw)
+
+
+class Cityscapes(IndexedDataset):
+    """Cityscapes ``leftImg8bit`` + ``gtFine_labelIds`` (mapped with a table: ``labelTrainIds`` are
+    not needed). ``classes``: 19, 16 or 13 (SYNTHIA heads), 12 (SYNTHIA-Seq), 15 (VIPER)."""
+
+    name = "cityscapes"
+
+    def __init__(self, root: str | Path, split: str = "train", classes: int = 19, **kw: Any) -> None:
+        root = Path(root)
+        imgs = _need_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit")
+        entries = []
+        for p in sorted(imgs.glob("*/*_leftImg8bit.png")):
+            stem = p.name[: -len("_leftImg8bit.png")]
+            entries.append(Entry(p, root / "gtFine" / split / p.parent.name / f"{stem}_gtFine_labelIds.png"))
+        super().__init__(entries, load_mapping(f"cityscapes_{classes}"), **kw)
+
+
+class Synthia(IndexedDataset):
+    """SYNTHIA-RAND-CITYSCAPES: ``RGB/*.png``, 16-bit ``GT/LABELS/*.png`` (class id in R)."""
+
+    name = "synthia"
+    label_reader = staticmethod(_read_synthia)
+
+    def __init__(self, root: str | Path, classes: int = 19, **kw: Any) -> None:
+        root = Path(root)
+        imgs = _need_dir(root / "RGB", "SYNTHIA RGB")
+        entries = [Entry(p, root / "GT" / "LABELS" / p.name) for p in sorted(imgs.glob("*.png"))]
+        super().__init__(entries, load_mapping(f"synthia_{classes}"), **kw)
+
+
+_CS_NAME = re.compile(r"^(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
+
+
+class CityscapesSeq(IndexedDataset):
+    """Cityscapes-Seq: each annotated frame t (frame index parsed from its name; the long-sequence
+    cities do not use ``_000019_``) with frame t-k from ``leftImg8bit_sequence`` and, with
+    ``flow_root``, the flow ``{city}_{seq}_{t}_{t-k}_int16_x10.npy``."""
+
+    name = "cityscapes"
+
+    def __init__(self, root: str | Path, split: str = "train", classes: int = 19, frame_offset: int = 1,
+                 flow_root: str | Path | None = None, **kw: Any) -> None:
+        root = Path(root)
+        seq_dir = _need_dir(root / "leftImg8bit_sequence" / split, "Cityscapes leftImg8bit_sequence")
+        gt = root / "gtFine" / split
+        anchors = sorted(gt.glob("*/*_gtFine_labelIds.png")) if gt.is_dir() else []
+        entries = []
+        for lab in anchors:
+            stem = lab.name[: -len("_gtFine_labelIds.png")]
+            m = _CS_NAME.match(stem + "_leftImg8bit.png")
+            if m is None:
+                continue
+            city, seq, t = m["city"], m["seq"], int(m["frame"])
+            frame = seq_dir / city / f"{stem}_leftImg8bit.png"
+            prev = seq_dir / city / f"{city}_{seq}_{t - frame_offset:06d}_leftImg8bit.png"
+            flow = (Path(flow_root) / f"{city}_{seq}_{t:06d}_{t - frame_offset:06d}_int16_x10.npy") if flow_root else None
+            entries.append(Entry(frame, lab, prev, flow, {"frame": t}))
+        if not anchors:
+            raise DatasetError(f"no annotated frames (gtFine/{split}/*/*_gtFine_labelIds.png) under {root}")
+        super().__init__(entries, load_mapping(f"cityscapes_{classes}"), **kw)
+
+
+class SynthiaSeq(IndexedDataset):
+    """SYNTHIA-Seq (SEQS-04-DAWN), DA-VSN layout ``rgb/`` + ``label/`` or the original
+    ``RGB/Stereo_Left/Omni_F`` + ``GT/LABELS/Stereo_Left/Omni_F``; frame 0 has no predecessor.
+    The bottom 120 rows are cropped, as DA-VSN/TPS/CMOM do (``crop_bottom``)."""
+
+    name = "synthia_seq"
+    label_reader = staticmethod(_read_synthia)
+
+    def __init__(self, root: str | Path, classes: int = 12, frame_offset: int = 1, flow_root: str | Path | None = None,
+                 crop_bottom: int = 120, **kw: Any) -> None:
+        root = Path(root)
+        if (root / "rgb").is_dir():
+            imgs, labs = root / "rgb", root / "label"
+        else:
+            imgs = _need_dir(root / "RGB" / "Stereo_Left" / "Omni_F", "SYNTHIA-Seq rgb (or RGB/Stereo_Left/Omni_F)")
+            labs = root / "GT" / "LABELS" / "Stereo_Left" / "Omni_F"
+        entries = []
+        for p in sorted(imgs.glob("*.png")):
+            if not p.stem.isdigit() or int(p.stem) < frame_offset:
+                continue
+            t = int(p.stem)
+            prev = imgs / f"{t - frame_offset:0{len(p.stem)}d}.png"
+            flow = Path(flow_root) / f"{p.stem}_int16_x10.npy" if flow_root else None
+            entries.append(Entry(p, labs / p.name, prev, flow, {"frame": t}))
+        super().__init__(entries, load_mapping(f"synthia_seq_{classes}"), crop_bottom=crop_bottom, **kw)
+
+
+class Viper(IndexedDataset):
+    """VIPER: frames with a ``cls`` label (the benchmarks use every 10th), the ego vehicle (car
+    component touching the bottom-centre pixel) set to ignore before mapping, frame t-k from
+    ``img``, flow ``{seq}_{t:05d}{t-k:05d}_int16_x10.npy``."""
+
+    name = "viper"
+
+    def __init__(self, root: str | Path, split: str = "train", classes: int = 15, frame_offset: int = 1,
+                 flow_root: str | Path | None = None, **kw: Any) -> None:
+        root = Path(root) / split
+        imgs, cls = _need_dir(root / "img", "VIPER img"), _need_dir(root / "cls", "VIPER cls")
+        entries = []
+        for lab in sorted(cls.glob("*/*.png")):
+            seq, _, frame = lab.stem.partition("_")
+            if not frame.isdigit():
+                continue
+            t = int(frame)
+            found = [imgs / seq / f"{lab.stem}{ext}" for ext in (".jpg", ".png")]
+            img = next((f for f in found if f.is_file()), found[0])
+            prev_stem = f"{seq}_{t - frame_offset:05d}"
+            prev = next((f for f in (imgs / seq / f"{prev_stem}.jpg", imgs / seq / f"{prev_stem}.png") if f.is_file()),
+                        imgs / seq / f"{prev_stem}{img.suffix}")
+            flow = Path(flow_root) / f"{seq}_{t:05d}{t - frame_offset:05d}_int16_x10.npy" if flow_root else None
+            entries.append(Entry(img, lab, prev, flow, {"frame": t}))
+        mapping = load_mapping(f"viper_{classes}")
+        super().__init__(entries, mapping, **kw)
+
+    def raw_label(self, e: Entry) -> np.ndarray:
+        return remove_ego_vehicle(read_index_png(e.label), car_id=24)  # type: ignore[arg-type]
+
+
+class MappedFolder(IndexedDataset):
+    """A user's own data: ``images[/split]/NAME.ext`` with ``labels[/split]/NAME.png`` and a
+    ``mapping.json`` (``class_names`` + ``map`` raw value -> train id) in ``root``."""
+
+    name = "folder"
+
+    def __init__(self, root: str | Path, split: str | None = None, mapping: str | Path | None = None, **kw: Any) -> None:
+        root = Path(root)
+        img_dir = _need_dir(root / "images" / split if split else root / "images", "images")
+        lab_dir = root / "labels" / split if split else root / "labels"
+        entries = [Entry(p, lab_dir / f"{p.stem}.png") for p in sorted(img_dir.iterdir())
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")]
+        super().__init__(entries, load_mapping(mapping or root / "mapping.json"), **kw)
+
+
+BENCHMARKS: dict[str, type[IndexedDataset]] = {
+    "gta5": GTA5, "cityscapes": Cityscapes, "synthia": Synthia, "synthia_seq": SynthiaSeq, "viper": Viper,
+    "cityscapes_seq": CityscapesSeq, "mapped_folder": MappedFolder,
+}
+DEFAULT_CLASSES = {"gta5": 19, "cityscapes": 19, "synthia": 19, "synthia_seq": 12, "viper": 15, "cityscapes_seq": 19}
