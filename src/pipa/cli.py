@@ -39,7 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         distributed.cleanup()
     if main_rank:
-        print(f"target mIoU {res.miou:.2f} after {res.iterations} iterations; run folder {res.out_dir}")
+        print(f"target mIoU {res.miou:.2f} after {res.iterations} iterations (last checkpoint); run folder {res.out_dir}")
+        if cfg.train.eval_interval > 0 and res.best_iteration >= 0:
+            print(f"best on val: {res.best_miou:.2f} at iteration {res.best_iteration} (selected on the target val "
+                  f"split, an oracle choice; weights in {res.out_dir}/best)")
     return 0
 
 
@@ -63,14 +66,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, cfg = _load_for_eval(Path(args.path), args.overrides)
     device = select_device(cfg.train.device)
     dataset = build_dataset(cfg.data.val, model.num_classes, cfg.data.cache_dir)
-    res = evaluate(model.to(device), dataset, model.num_classes, device, cfg.train.eval_batch_size)
+    res = evaluate(model.to(device), dataset, model.num_classes, device, cfg.train.eval_batch_size, protocol=cfg.eval)
     names = model.class_names
     if args.json:
-        print(json.dumps({"miou": res.miou, "class_names": names,
+        print(json.dumps({"miou": res.miou, "reported": res.subsets, "class_names": names,
                           "per_class_iou": [None if math.isnan(v) else v for v in res.per_class_iou],
                           **({"confusion": res.confusion.tolist()} if args.confusion else {})}))
         return 0
     print(f"mIoU {res.miou:.2f} on {len(dataset)} images")
+    for label, value in list(res.subsets.items())[1:]:
+        print(f"{label}: {value:.2f}")
     for n, v in zip(names, res.per_class_iou):
         print(f"  {n:>14s}  {'–' if math.isnan(v) else f'{v:5.1f}'}")
     if args.confusion:

@@ -40,8 +40,9 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "synthetic"  # synthetic | folder
-    root: str | None = None  # folder datasets
+    # synthetic | folder | gta5 | cityscapes | synthia | synthia_seq | viper | cityscapes_seq
+    name: str = "synthetic"
+    root: str | None = None  # real and folder datasets: the folder in its original layout
     split: str = "train"
     domain: str = "source"  # synthetic only
     num_images: int = 2000  # synthetic only
@@ -50,7 +51,14 @@ class DatasetConfig:
     seed: int = 0  # benchmark seed (not the training seed)
     clip_length: int = 1  # synthetic: 1 = images, T > 1 = T-frame clips (video track)
     hflip: bool = True  # random horizontal flip (training only)
-    on_error: str = "raise"  # folder datasets: raise | skip bad files found at indexing
+    on_error: str = "raise"  # real and folder datasets: raise | skip bad files found at indexing
+    classes: int = 0  # real datasets: class set (0 = the benchmark's: 19, SYNTHIA 16/13, SYNTHIA-Seq 12, VIPER 15)
+    mapping: str | None = None  # folder datasets: a mapping JSON (raw value -> train id) instead of class ids
+    resize: list[int] | None = None  # real datasets: (H, W) every item is resized to (GTA5 [720, 1280])
+    crop: list[int] | None = None  # real datasets, training: random (H, W) crop after resizing ([512, 512])
+    frame_offset: int = 1  # video datasets: the neighbour frame is t - frame_offset
+    flow_root: str | None = None  # video datasets: folder of backward flows t -> t-k (optional)
+    flow_format: str = "npy"  # npy (DA-VSN/TPS int16 x10) | kitti (16-bit PNG)
 
 
 @dataclass
@@ -216,12 +224,25 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How the target is evaluated (``datasets.md`` §2)."""
+
+    protocol: str = "all"  # all | gta2cs | syn2cs | synseq2csseq | viper2csseq (which mIoUs are reported)
+    input_size: list[int] | None = None  # (H, W) images are resized to before inference (e.g. [512, 1024])
+    mode: str = "whole"  # whole | slide (sliding window)
+    crop: list[int] = field(default_factory=lambda: [1024, 1024])  # slide window (H, W)
+    stride: list[int] = field(default_factory=lambda: [512, 512])
+    align_corners: bool = False  # logit upsampling to the label grid: mmseg false, ADVENT family true
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +395,8 @@ def validate(cfg: Config) -> None:
         "train.amp": (cfg.train.amp, ("auto", "bf16", "fp16", "off")),
         "train.device": (cfg.train.device, ("auto", "cpu", "cuda")),
         "model.decoder": (cfg.model.decoder, ("daformer", "mlp")),
+        "eval.mode": (cfg.eval.mode, ("whole", "slide")),
+        "eval.protocol": (cfg.eval.protocol, ("all", "gta2cs", "syn2cs", "synseq2csseq", "viper2csseq")),
         "method.pipa.base": (cfg.method.pipa.base, ("self_training", "daformer", "mic")),
         "method.pipa.patch.views": (cfg.method.pipa.patch.views, ("student_teacher", "student_student")),
         "method.pipa.patch.negatives": (cfg.method.pipa.patch.negatives, ("semantic", "location")),

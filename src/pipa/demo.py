@@ -246,7 +246,7 @@ def adabn_run(track: str, seed: int, opts: DemoOptions, base: TrainResult) -> Tr
     recompute_bn_statistics(model, target, device, cfg.train.eval_batch_size, max_images=1000)
     seconds = time.perf_counter() - t0
     val = build_dataset(cfg.data.val, cfg.model.num_classes, cfg.data.cache_dir)
-    res = evaluate(model, val, cfg.model.num_classes, device, cfg.train.eval_batch_size)
+    res = evaluate(model, val, cfg.model.num_classes, device, cfg.train.eval_batch_size, protocol=cfg.eval)
     out = opts.out / track / "adabn" / f"seed{seed}"
     model.save_pretrained(out)
     return TrainResult(res.miou, res.per_class_iou, 0, seconds, str(out), base.class_names,

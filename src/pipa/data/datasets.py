@@ -205,8 +205,40 @@ def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = 
             raise DatasetError(f"the synthetic benchmark has {synthetic.NUM_CLASSES} classes, but model.num_classes={num_classes}")
         return SyntheticDataset(cfg.domain, cfg.split, cfg.num_images, cfg.height, cfg.width, cfg.seed,
                                 cfg.clip_length, cache_dir, progress, labelled)
-    if cfg.name == "folder":
+    if cfg.name == "folder" and not cfg.mapping:
         if not cfg.root:
             raise DatasetError("a folder dataset needs data.<which>.root")
         return FolderDataset(cfg.root, cfg.split or None, num_classes, labelled, cfg.on_error)
-    raise DatasetError(f"unknown dataset name '{cfg.name}'; choose synthetic or folder")
+    return build_real_dataset(cfg, num_classes, labelled)
+
+
+def build_real_dataset(cfg: DatasetConfig, num_classes: int, labelled: bool = True) -> Dataset:
+    """A published benchmark in its original layout (``pipa.data.benchmarks``)."""
+    from . import benchmarks as B
+
+    if not cfg.root:
+        raise DatasetError(f"dataset '{cfg.name}' needs data.<which>.root (its folder in the original layout)")
+    common: dict[str, Any] = {"labelled": labelled, "on_error": cfg.on_error, "flow_format": cfg.flow_format,
+                              "resize": tuple(cfg.resize) if cfg.resize else None,
+                              "crop": tuple(cfg.crop) if cfg.crop else None}
+    video = {"frame_offset": cfg.frame_offset, "flow_root": cfg.flow_root}
+    classes = cfg.classes or B.DEFAULT_CLASSES.get(cfg.name, num_classes)
+    if cfg.name == "folder":
+        ds: Dataset = B.MappedFolder(cfg.root, cfg.split or None, cfg.mapping, **common)
+    elif cfg.name in ("gta5", "synthia"):
+        ds = B.BENCHMARKS[cfg.name](cfg.root, classes=classes, **common)
+    elif cfg.name == "cityscapes":
+        ds = B.Cityscapes(cfg.root, cfg.split, classes=classes, **common)
+    elif cfg.name == "cityscapes_seq":
+        ds = B.CityscapesSeq(cfg.root, cfg.split, classes=classes, **video, **common)
+    elif cfg.name == "viper":
+        ds = B.Viper(cfg.root, cfg.split, classes=classes, **video, **common)
+    elif cfg.name == "synthia_seq":
+        ds = B.SynthiaSeq(cfg.root, classes=classes, **video, **common)
+    else:
+        raise DatasetError(f"unknown dataset name '{cfg.name}'; choose synthetic, folder, gta5, cityscapes, synthia, "
+                           "synthia_seq, viper or cityscapes_seq")
+    n = len(getattr(ds, "class_names", []))
+    if n and n != num_classes:
+        raise DatasetError(f"dataset '{cfg.name}' ({cfg.root}) has {n} classes, but model.num_classes={num_classes}")
+    return ds

@@ -44,7 +44,8 @@ class TrainResult:
     out_dir: str
     class_names: list[str] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
-    best_miou: float = float("nan")
+    best_miou: float = float("nan")  # best on the target val split over the periodic evaluations (oracle selection)
+    best_iteration: int = -1
 
 
 class BatchStream:
@@ -194,7 +195,7 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
-    start, best, elapsed = 0, float("nan"), 0.0
+    start, best, elapsed, best_it = 0, float("nan"), 0.0, -1
     streams_state: dict[str, list[int]] = {}
     ckpt_path = out / CHECKPOINT_NAME
     if resume and ckpt_path.is_file():
@@ -204,6 +205,7 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start, best, elapsed = state["iteration"], state["best_miou"], state["train_seconds"]
+        best_it = int(state.get("best_iteration", -1))
         streams_state = state["streams"]
         if world == 1:
             set_rng_state(state["rng"])
@@ -253,21 +255,24 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
             "format_version": FORMAT_VERSION, "iteration": it, "method": method.state_dict(),
             "optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng_state(), "streams": {k: s.state() for k, s in streams.items()}, "best_miou": best,
+            "best_iteration": best_it,
             "train_seconds": elapsed, "config": to_dict(cfg),
         })
 
     def run_eval(it: int) -> EvalResult:
-        nonlocal best
-        res = evaluate(method.export_model(), val, K, device, cfg.train.eval_batch_size, amp_dtype)
+        nonlocal best, best_it
+        res = evaluate(method.export_model(), val, K, device, cfg.train.eval_batch_size, amp_dtype, protocol=cfg.eval)
         if main:
             improved = math.isnan(best) or res.miou > best
             best = res.miou if improved else best
+            best_it = it if improved else best_it
             if improved:
                 method.export_model().save_pretrained(out / "best")
             if writer is not None:
                 writer.add_scalar("val/mIoU", res.miou, it)
             with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps({"iteration": it, "miou": res.miou, "per_class_iou": _nan_none(res.per_class_iou)}) + "\n")
+                fh.write(json.dumps({"iteration": it, "miou": res.miou, "reported": res.subsets,
+                                     "per_class_iou": _nan_none(res.per_class_iou)}) + "\n")
             _say(progress, f"[{out.name}] it {it}: target val mIoU {res.miou:.2f}")
         return res
 
@@ -334,7 +339,7 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainRes
             writer.close()
     dist_utils.barrier()
     return TrainResult(res.miou, res.per_class_iou, total, elapsed, str(out), class_names,
-                       res.confusion.tolist(), best)
+                       res.confusion.tolist(), best, best_it)
 
 
 def _check_in_sync(method: torch.nn.Module, main: bool) -> None:

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from typing import Any
+
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..engine.distributed import rank, world_size
-from .metrics import ConfusionMeter
+from .metrics import ConfusionMeter, mean_iou
+from .protocols import protocol_logits, subsets
 
 
 @dataclass
 class EvalResult:
-    miou: float  # percent
+    miou: float  # percent, the protocol's headline mIoU
     per_class_iou: list[float]  # percent, NaN for classes absent from GT and prediction
     confusion: torch.Tensor  # (K, K) int64, rows = ground truth
+    subsets: dict[str, float] = field(default_factory=dict)  # every mIoU the protocol reports, labelled
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
-             batch_size: int = 16, amp_dtype: torch.dtype | None = None) -> EvalResult:
-    """Whole-image inference; every rank takes every ``world``-th image, no padding duplicates."""
+             batch_size: int = 16, amp_dtype: torch.dtype | None = None, protocol: Any = None) -> EvalResult:
+    """Every rank takes every ``world``-th image (no padding duplicates). ``protocol``: an
+    :class:`~pipa.config.EvalConfig` (input resize, whole/slide inference, upsampling, which
+    class subsets are averaged); None = whole images at their size, mean over all classes."""
     idx = list(range(rank(), len(dataset), world_size()))  # type: ignore[arg-type]
     loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
     meter = ConfusionMeter(num_classes, device)
@@ -30,11 +36,19 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, num_classes: int, device:
     try:
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
+            labels = batch["label"].to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(images).logits
-            meter.update(logits.argmax(1), batch["label"].to(device))
+                if protocol is None:
+                    logits = model(images).logits
+                else:
+                    logits = protocol_logits(model, images, tuple(labels.shape[-2:]), protocol.input_size, protocol.mode,
+                                             protocol.crop, protocol.stride, protocol.align_corners)
+            meter.update(logits.argmax(1), labels)
     finally:
         model.train(was_training)
     meter.all_reduce()
     iou = meter.iou()
-    return EvalResult(meter.miou() * 100, (iou * 100).tolist(), meter.cm.cpu())
+    reported = {label: mean_iou(meter.cm, idx) * 100
+                for label, idx in subsets(protocol.protocol if protocol is not None else "all", num_classes)}
+    headline = next(iter(reported.values()))
+    return EvalResult(headline, (iou * 100).tolist(), meter.cm.cpu(), reported)

@@ -22,8 +22,9 @@ def class_pixel_counts(dataset: Dataset, num_classes: int) -> Tensor:
             lab = lab.long().flatten()
             rows.append(torch.bincount(lab[lab != IGNORE_INDEX], minlength=num_classes)[:num_classes])
         return torch.stack(rows)
+    native = getattr(dataset, "label", None)  # real datasets: mapped labels at native resolution, no crop
     for i in range(len(dataset)):  # type: ignore[arg-type]
-        lab = dataset[i]["label"].long().flatten()
+        lab = (torch.from_numpy(native(i).astype("int64")) if callable(native) else dataset[i]["label"].long()).flatten()
         rows.append(torch.bincount(lab[lab != IGNORE_INDEX], minlength=num_classes)[:num_classes])
     return torch.stack(rows)
 
