@@ -66,7 +66,12 @@ def test_every_shipped_preset_loads():
 
     presets = sorted((Path(PRESET).parent).glob("*.yaml"))
     assert len(presets) >= 2
+    from pipa.methods import METHODS
+
+    datasets = {"synthetic", "folder", "gta5", "cityscapes", "synthia", "synthia_seq", "viper", "cityscapes_seq"}
     for p in presets:
-        load_config(p)
+        cfg = load_config(p)
+        assert cfg.method.name in METHODS and {cfg.data.source.name, cfg.data.val.name} <= datasets, p.name
     cfg = load_config(Path(PRESET).parent / "gta2cs_daformer.yaml")
     assert (cfg.model.backbone, cfg.optim.lr, cfg.train.iterations, cfg.data.batch_size) == ("mit_b5", 6e-5, 40000, 2)
+
