@@ -271,3 +271,39 @@ def test_data_stats_json_counts_and_problems(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data-stats", "--dataset", "gta5", "--root", str(tmp_path / "nope"), "--json"]) == 2
     assert "GTA5 images folder not found" in capsys.readouterr().err
+
+
+def test_training_on_real_formats_skips_bad_files_before_it_starts(tmp_path):
+    """GTA5 source (one corrupt frame, one label with a non-id value) + Cityscapes target/val:
+    with on_error=skip and verify_labels, the bad files are left out at indexing and the run
+    trains; with on_error=raise it refuses to start, naming the file."""
+    from conftest import PRESET, tiny_overrides
+    from pipa.config import load_config
+    from pipa.engine.trainer import train
+
+    gta = tmp_path / "gta"
+    for i in range(1, 5):
+        write_rgb(gta / "images" / f"{i:05d}.png", 32, 64, seed=i)
+        ids = np.full((32, 64), 7)
+        ids[:12] = 23
+        ids[20:, 10:20] = 26
+        write_palette(gta / "labels" / f"{i:05d}.png", ids)
+    (gta / "images" / "00005.png").write_bytes(b"not a png")
+    write_palette(gta / "labels" / "00005.png", np.full((32, 64), 7))
+    write_rgb(gta / "images" / "00006.png", 32, 64, seed=6)
+    write_palette(gta / "labels" / "00006.png", np.full((32, 64), 90))  # not a Cityscapes id
+    cs = tmp_path / "cs"
+    for split in ("train", "val"):
+        for i in range(2):
+            stem = f"aachen_000000_{i:06d}"
+            write_rgb(cs / "leftImg8bit" / split / "aachen" / f"{stem}_leftImg8bit.png", 32, 64, seed=10 + i)
+            write_grey(cs / "gtFine" / split / "aachen" / f"{stem}_gtFine_labelIds.png", np.full((32, 64), 7))
+    common = {"model.num_classes": 19, "method.name": "self_training",
+              "data.source.name": "gta5", "data.source.root": str(gta), "data.source.verify_labels": "true",
+              "data.target.name": "cityscapes", "data.target.root": str(cs), "data.target.split": "train",
+              "data.val.name": "cityscapes", "data.val.root": str(cs), "data.val.split": "val"}
+    with pytest.raises(DatasetError, match="00005.png"):
+        train(load_config(PRESET, tiny_overrides(tmp_path / "r1", iterations=2, **common)), progress="none")
+    cfg = load_config(PRESET, tiny_overrides(tmp_path / "r2", iterations=2, **common, **{"data.source.on_error": "skip"}))
+    res = train(cfg, progress="none")
+    assert res.iterations == 2 and len(res.per_class_iou) == 19

@@ -51,8 +51,9 @@ def _load_for_eval(path: Path, overrides: list[str]):
     from .models import Segmentor
 
     run_dir = path if path.is_dir() else path.parent
-    cfg_file = run_dir / "config.yaml"
-    cfg = load_config(cfg_file if cfg_file.is_file() else None, overrides)
+    # a run folder, its best/ folder (config one level up) or exported weights
+    cfg_file = next((d / "config.yaml" for d in (run_dir, run_dir.parent) if (d / "config.yaml").is_file()), None)
+    cfg = load_config(cfg_file, overrides)
     return Segmentor.from_pretrained(path), cfg
 
 

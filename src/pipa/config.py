@@ -59,6 +59,7 @@ class DatasetConfig:
     frame_offset: int = 1  # video datasets: the neighbour frame is t - frame_offset
     flow_root: str | None = None  # video datasets: folder of backward flows t -> t-k (optional)
     flow_format: str = "npy"  # npy (DA-VSN/TPS int16 x10) | kitti (16-bit PNG)
+    verify_labels: bool = False  # real datasets: decode every label at indexing (values outside the mapping)
 
 
 @dataclass

@@ -116,7 +116,7 @@ class IndexedDataset(Dataset):
 
     def __init__(self, entries: list[Entry], mapping: LabelMapping | None, labelled: bool = True,
                  on_error: str = "raise", resize: tuple[int, int] | None = None, crop: tuple[int, int] | None = None,
-                 crop_bottom: int = 0, flow_format: str = "npy", check: bool = True) -> None:
+                 crop_bottom: int = 0, flow_format: str = "npy", check: bool = True, verify_labels: bool = False) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be raise or skip, got {on_error!r}")
         self.mapping = mapping
@@ -133,6 +133,18 @@ class IndexedDataset(Dataset):
                 self.problems.append({"file": str(problem[0]), "problem": problem[1]})
                 continue
             self.entries.append(e)
+        if verify_labels and labelled:  # decode every label now: bad values stop or skip before training
+            kept = []
+            for i, e in enumerate(self.entries):
+                try:
+                    self.label(i)
+                    kept.append(e)
+                except DatasetError as exc:
+                    if on_error == "raise":
+                        raise
+                    file, _, why = str(exc).partition(": ")
+                    self.problems.append({"file": file, "problem": why})
+            self.entries = kept
         if not self.entries:
             raise DatasetError(f"{type(self).__name__}: no usable files found"
                                + (f" ({len(self.problems)} problems, first: {self.problems[0]})" if self.problems else ""))

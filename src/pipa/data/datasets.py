@@ -205,7 +205,7 @@ def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = 
             raise DatasetError(f"the synthetic benchmark has {synthetic.NUM_CLASSES} classes, but model.num_classes={num_classes}")
         return SyntheticDataset(cfg.domain, cfg.split, cfg.num_images, cfg.height, cfg.width, cfg.seed,
                                 cfg.clip_length, cache_dir, progress, labelled)
-    if cfg.name == "folder" and not cfg.mapping:
+    if cfg.name == "folder" and not cfg.mapping and not (cfg.root and (Path(cfg.root) / "mapping.json").is_file()):
         if not cfg.root:
             raise DatasetError("a folder dataset needs data.<which>.root")
         return FolderDataset(cfg.root, cfg.split or None, num_classes, labelled, cfg.on_error)
@@ -220,7 +220,7 @@ def build_real_dataset(cfg: DatasetConfig, num_classes: int, labelled: bool = Tr
         raise DatasetError(f"dataset '{cfg.name}' needs data.<which>.root (its folder in the original layout)")
     common: dict[str, Any] = {"labelled": labelled, "on_error": cfg.on_error, "flow_format": cfg.flow_format,
                               "resize": tuple(cfg.resize) if cfg.resize else None,
-                              "crop": tuple(cfg.crop) if cfg.crop else None}
+                              "crop": tuple(cfg.crop) if cfg.crop else None, "verify_labels": cfg.verify_labels}
     video = {"frame_offset": cfg.frame_offset, "flow_root": cfg.flow_root}
     classes = cfg.classes or B.DEFAULT_CLASSES.get(cfg.name, num_classes)
     if cfg.name == "folder":
