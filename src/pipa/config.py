@@ -59,7 +59,9 @@ class DatasetConfig:
     frame_offset: int = 1  # video datasets: the neighbour frame is t - frame_offset
     flow_root: str | None = None  # video datasets: folder of backward flows t -> t-k (optional)
     flow_format: str = "npy"  # npy (DA-VSN/TPS int16 x10) | kitti (16-bit PNG)
-    verify_labels: bool = False  # real datasets: decode every label at indexing (values outside the mapping)
+    # real datasets: decode every label when indexing, so label values outside the mapping stop the run
+    # (or are skipped) before training rather than halfway; false saves that pass on huge sources
+    verify_labels: bool = True
 
 
 @dataclass
