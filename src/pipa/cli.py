@@ -198,7 +198,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown demo method '{unknown[0]}'; choose from {', '.join(ALL_METHODS)}")
     tracks = ("image", "video") if args.track == "both" else (args.track,)
-    run_demo(DemoOptions(Path(args.out), args.seeds, tracks, methods, args.quick, args.iterations, args.resume))
+    opts = DemoOptions(Path(args.out), args.seeds, tracks, methods, args.quick, args.iterations, args.resume)
+    if args.report_only:
+        from .demo import report_only
+
+        report_only(opts)
+        return 0
+    run_demo(opts)
     return 0
 
 
@@ -269,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--iterations", type=int, help="override the iterations of every run")
     d.add_argument("--resume", action="store_true",
                    help="reuse runs in --out that finished with the same resolved config (an interrupted demo)")
+    d.add_argument("--report-only", action="store_true", help="rewrite report.md from --out's results.json")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -107,7 +107,8 @@ def embedding_figure(path: str | Path, points: dict[str, tuple[np.ndarray, np.nd
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Patch(color=palette[i] / 255, label=nm) for i, nm in enumerate(class_names)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(class_names), 8), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(class_names), 4 * len(points)), fontsize=7,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.07 * (2 if len(points) == 1 else 1), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
