@@ -84,17 +84,26 @@ def test_python_dash_m_entry_point():
 def test_demo_smoke(tmp_path, capsys):
     """The demo's plumbing on a few iterations: results.json schema, report, figure."""
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--iterations", "2", "--methods", "source_only,adabn,self_training",
+    assert main(["demo", "--quick", "--iterations", "2", "--methods", "source_only,adabn,self_training,pipa",
                  "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in res["runs"]] == ["source_only", "adabn", "self_training"]
+    assert [r["method"] for r in res["runs"]] == ["source_only", "adabn", "self_training", "pipa"]
+    comp = res["runs"][-1]["compactness"]
+    assert -1 <= comp["inter"] <= 1 and comp["gap"] == pytest.approx(comp["intra"] - comp["inter"], abs=1e-3)
     for r in res["runs"]:
         assert r["track"] == "image" and r["seed"] == 0 and len(r["per_class_iou"]) == 8
         assert 0 <= r["target_miou"] <= 100 and r["train_seconds"] >= 0
     report = (out / "report.md").read_text()
     assert "| self_training | 1 |" in report and "Strongest baseline" in report
-    assert (out / "qualitative_image.png").is_file()
+    assert (out / "qualitative_image.png").is_file() and (out / "embedding_image.png").is_file()
+    assert "pipa − self_training, same seeds" in report and "| pipa |" in report
     assert "| method | seeds | mIoU |" in capsys.readouterr().out
+    # an interrupted demo resumes: finished runs with the same config are reused, not retrained
+    assert main(["demo", "--quick", "--iterations", "2", "--methods", "self_training", "--out", str(out), "--resume"]) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
+    (out / "report.md").unlink()
+    assert main(["demo", "--out", str(out), "--report-only"]) == 0
+    assert "| self_training | 1 |" in (out / "report.md").read_text()
 
 
 def test_demo_rejects_unknown_method(capsys):
