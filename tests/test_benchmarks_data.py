@@ -307,3 +307,15 @@ def test_training_on_real_formats_skips_bad_files_before_it_starts(tmp_path):
     cfg = load_config(PRESET, tiny_overrides(tmp_path / "r2", iterations=2, **common, **{"data.source.on_error": "skip"}))
     res = train(cfg, progress="none")
     assert res.iterations == 2 and len(res.per_class_iou) == 19
+
+
+def test_data_stats_on_the_builtin_benchmark(capsys):
+    """The synthetic benchmark goes through the same interface; counts = a bincount of its labels."""
+    from pipa.data.datasets import SyntheticDataset
+
+    assert main(["data-stats", "--dataset", "synthetic", "--split", "val", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    ds = SyntheticDataset("target", "val", 300, 96, 192, 0)
+    expected = np.bincount(ds.labels.numpy().reshape(-1), minlength=8)
+    assert list(stats["pixel_counts"].values()) == expected.tolist() and stats["problems"] == []
+    assert sum(expected) == 300 * 96 * 192
