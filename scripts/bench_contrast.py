@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipa.config import load_config  # noqa: E402
 from pipa.contrast import PixelContrastLoss  # noqa: E402
@@ -34,6 +35,7 @@ from pipa.data.datasets import SyntheticDataset  # noqa: E402
 from pipa.methods import build_method  # noqa: E402
 from pipa.methods.base import step_generator  # noqa: E402
 from pipa.models import build_segmentor  # noqa: E402
+from bench_step import iq_mean, timed_steps  # noqa: E402
 
 PRESET = Path(__file__).resolve().parents[1] / "src" / "pipa" / "configs" / "synthetic.yaml"
 
@@ -59,31 +61,15 @@ def build(name: str, overrides: list[str]):
     return cfg, method, opt
 
 
-def iq_mean(xs: list[float]) -> float:
-    xs = sorted(xs)
-    mid = xs[len(xs) // 4: len(xs) * 3 // 4 + 1]
-    return sum(mid) / len(mid)
-
-
 def step_time(name: str, clips: bool, steps: int, overrides: list[str], warmup: int = 30):
     """Warm-up steps first: the memory fills and the teacher becomes confident, as in training."""
     cfg, method, opt = build(name, overrides)
     batch = make_batch(cfg, clips)
-    times = []
-    for it in range(warmup + steps):
-        t0 = time.perf_counter()
-        loss, _ = method.step(batch, it)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        method.after_step(it)
-        if it >= warmup:
-            times.append(time.perf_counter() - t0)
-    return iq_mean(times), method, batch
+    return iq_mean(timed_steps(method, opt, batch, steps, warmup)), method, batch
 
 
-def peak_bytes(fn) -> tuple[float, int]:
-    """(seconds, peak bytes of tensors allocated while ``fn`` runs), from the profiler's records."""
+def peak_bytes(fn) -> int:
+    """Peak bytes of tensors allocated while ``fn`` runs, from the profiler's records."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -94,7 +80,7 @@ def peak_bytes(fn) -> tuple[float, int]:
     for _, m in events:
         cur += m
         best = max(best, cur)
-    return 0.0, best
+    return best
 
 
 def contrastive_part(method, batch, clips: bool, steps: int) -> tuple[float, int]:
@@ -130,7 +116,7 @@ def contrastive_part(method, batch, clips: bool, steps: int) -> tuple[float, int
         t0 = time.perf_counter()
         once()
         times.append(time.perf_counter() - t0)
-    _, peak = peak_bytes(once)
+    peak = peak_bytes(once)
     return iq_mean(times), peak
 
 
@@ -150,7 +136,7 @@ def pixel_scaling(anchors: int, memory: int, dim: int = 64, classes: int = 19, r
     for _ in range(reps):
         once()
     seconds = (time.perf_counter() - t0) / reps
-    _, peak = peak_bytes(once)
+    peak = peak_bytes(once)
     return seconds, peak
 
 

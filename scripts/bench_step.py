@@ -41,14 +41,8 @@ def make_batch(cfg, seed: int = 0) -> dict:
             "target": {"image": img(t)}}
 
 
-def time_method(name: str, steps: int, overrides: list[str], warmup: int = 3) -> float:
-    cfg = load_config(PRESET, [f"method.name={name}", *overrides])
-    torch.manual_seed(0)
-    method = build_method(cfg, build_segmentor(cfg.model))
-    method.train()
-    groups = method.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult)
-    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr)
-    batch = make_batch(cfg)
+def timed_steps(method, opt, batch: dict, steps: int, warmup: int = 3) -> list[float]:
+    """Seconds of each full training step (forward, backward, optimiser, EMA) after ``warmup``."""
     times = []
     for it in range(warmup + steps):
         t0 = time.perf_counter()
@@ -59,8 +53,24 @@ def time_method(name: str, steps: int, overrides: list[str], warmup: int = 3) ->
         method.after_step(it)
         if it >= warmup:
             times.append(time.perf_counter() - t0)
-    times.sort()
-    return sum(times[len(times) // 4 : len(times) * 3 // 4 + 1]) / len(times[len(times) // 4 : len(times) * 3 // 4 + 1])
+    return times
+
+
+def iq_mean(xs: list[float]) -> float:
+    """Interquartile mean (robust to the odd slow step of a shared machine)."""
+    xs = sorted(xs)
+    mid = xs[len(xs) // 4: len(xs) * 3 // 4 + 1]
+    return sum(mid) / len(mid)
+
+
+def time_method(name: str, steps: int, overrides: list[str], warmup: int = 3) -> float:
+    cfg = load_config(PRESET, [f"method.name={name}", *overrides])
+    torch.manual_seed(0)
+    method = build_method(cfg, build_segmentor(cfg.model))
+    method.train()
+    groups = method.param_groups(cfg.optim.lr, cfg.optim.head_lr_mult)
+    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr)
+    return iq_mean(timed_steps(method, opt, make_batch(cfg), steps, warmup))
 
 
 def main() -> None:

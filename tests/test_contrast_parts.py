@@ -64,7 +64,7 @@ def test_class_balanced_sampler_quota_and_hard_fraction():
     s = class_balanced(labels, hard, num_classes=3, max_anchors=100, max_per_class=40, min_pixels=8, hard_ratio=0.25,
                        generator=torch.Generator().manual_seed(0))
     assert s.anchors_per_class == [40, 30, 0]  # quota min(40, 100 // 2); class 1 has only 30
-    assert s.hard_per_class == [10, 30]  + [0]  # 0.25 · 40 hard; class 1 tops up with hard rows
+    assert s.hard_per_class == [10, 30, 0]  # 0.25 · 40 hard; class 1 tops up with hard rows
     assert len(set(s.index.tolist())) == s.index.numel()  # no row twice
     assert (labels[s.index] != IGN).all()
     assert torch.equal(hard[s.index], s.hard)

@@ -419,6 +419,9 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    for term in ("pixel", "patch", "temporal"):
+        if getattr(cfg.method.pipa, term).temperature <= 0:
+            raise ConfigError(f"config key 'method.pipa.{term}.temperature' must be positive")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr' must be positive, got {cfg.optim.lr}")
     if len(cfg.model.pixel_mean) != 3 or len(cfg.model.pixel_std) != 3:

@@ -14,7 +14,6 @@ gradients.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -228,7 +227,3 @@ class TemporalContrastLoss(nn.Module):
         loss, ok = _anchor_terms(logits, pos, neg)
         ok = ok & (anchor_labels != IGNORE_INDEX)
         return zero + (loss * ok).sum() / ok.sum() if bool(ok.any()) else zero
-
-
-def normalize_rows(x: Tensor) -> Tensor:
-    return F.normalize(x, dim=-1)

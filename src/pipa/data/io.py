@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -22,45 +23,45 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 
+T = TypeVar("T")
+
+
 class DatasetError(ValueError):
     """A problem with a dataset on disk (the message names the file)."""
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the file header (no decoding)."""
+def _with_image(path: str | Path, failure: str, read: Callable[[Image.Image], T]) -> T:
+    """``read(opened image)``, with every failure turned into a one-line error naming the file."""
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            return read(im)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    except DatasetError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{path}: unreadable image ({exc})") from None
+        raise DatasetError(f"{path}: {failure} ({exc})") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file header (no decoding)."""
+    return _with_image(path, "unreadable image", lambda im: (im.height, im.width))
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{path}: corrupt or unreadable image ({exc})") from None
+    return _with_image(path, "corrupt or unreadable image", lambda im: np.asarray(im.convert("RGB")))
 
 
 def read_index_png(path: str | Path) -> np.ndarray:
     """A single-channel label map (palette indices or grey values), (H, W) integer array."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16", "I;16B", "1"):
-                raise DatasetError(f"{path}: label map has mode {im.mode}, expected a single-channel (palette/grey) PNG")
-            return np.asarray(im)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, DatasetError):
-            raise
-        raise DatasetError(f"{path}: corrupt or unreadable label map ({exc})") from None
+
+    def read(im: Image.Image) -> np.ndarray:
+        if im.mode not in ("P", "L", "I", "I;16", "I;16B", "1"):
+            raise DatasetError(f"{path}: label map has mode {im.mode}, expected a single-channel (palette/grey) PNG")
+        return np.asarray(im)
+
+    return _with_image(path, "corrupt or unreadable label map", read)
 
 
 # -- 16-bit PNG ---------------------------------------------------------------------------------

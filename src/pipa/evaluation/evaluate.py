@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..engine.distributed import rank, world_size

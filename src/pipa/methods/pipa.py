@@ -30,7 +30,7 @@ from ..contrast import (ImageSampler, PatchContrastLoss, PixelContrastLoss, Proj
                         TemporalContrastLoss, VideoSampler, class_balanced, flow_to_cells, pool_labels,
                         sample_view_pair, warp_backward)
 from ..contrast.samplers import pair_counts
-from ..contrast.views import Box, overlap_cells
+from ..contrast.views import overlap_cells
 from ..evaluation.metrics import IGNORE_INDEX
 from ..models import Segmentor
 from ..uda.teacher import EMATeacher
@@ -150,17 +150,26 @@ class PiPaTerms:
         return loss + extra + unused, logs
 
     def _target_cell_labels(self, ctx: dict[str, Any], threshold: float, stride: int) -> Tensor:
-        """Mixed-image cell labels: source ground truth where pasted, confident pseudo-labels elsewhere."""
-        lbl = ctx["mix_label"].clone()
-        unsure = ~ctx["mix_mask"] & (ctx["confidence"] <= threshold)
-        lbl[unsure] = IGNORE_INDEX
-        return pool_labels(lbl, stride, self.num_classes)
+        """Mixed-image cell labels: source ground truth where pasted, confident pseudo-labels elsewhere
+        (computed once per step and kept in ``ctx``)."""
+        if "mix_cells" not in ctx:
+            lbl = ctx["mix_label"].clone()
+            unsure = ~ctx["mix_mask"] & (ctx["confidence"] <= threshold)
+            lbl[unsure] = IGNORE_INDEX
+            ctx["mix_cells"] = pool_labels(lbl, stride, self.num_classes)
+        return ctx["mix_cells"]
+
+    def _source_cell_labels(self, src: dict[str, Tensor], ctx: dict[str, Any], stride: int) -> Tensor:
+        """Source ground truth pooled to feature cells (once per step, kept in ``ctx``)."""
+        if "src_cells" not in ctx:
+            ctx["src_cells"] = pool_labels(src["label"], stride, self.num_classes)
+        return ctx["src_cells"]
 
     def _pixel_term(self, src: dict[str, Tensor], ctx: dict[str, Any], stride: int, gen: torch.Generator,
                     logs: dict[str, float]) -> Tensor:
         px = self.cfg.method.pipa.pixel  # type: ignore[attr-defined]
         out_s, out_m = ctx["out_s"], ctx["out_m"]
-        labels = torch.cat([pool_labels(src["label"], stride, self.num_classes),
+        labels = torch.cat([self._source_cell_labels(src, ctx, stride),
                             self._target_cell_labels(ctx, px.target_threshold, stride)]).reshape(-1)
         with torch.no_grad():
             logits = torch.cat([out_s.logits, out_m.logits]).detach().float()
@@ -201,7 +210,7 @@ class PiPaTerms:
         elif mc.source == "student":  # the student's own source features, detached (no extra pass)
             feats.append(_cells(ctx["out_s"].features.detach()))
         if mc.source != "off":
-            labels.append(pool_labels(src["label"], stride, self.num_classes).reshape(-1))
+            labels.append(self._source_cell_labels(src, ctx, stride).reshape(-1))
         f, lab = torch.cat(feats), torch.cat(labels)
         none = torch.zeros_like(lab, dtype=torch.bool)
         pick = class_balanced(lab, none, self.num_classes, mc.push_per_class * self.num_classes, mc.push_per_class,
@@ -230,7 +239,7 @@ class PiPaTerms:
             m1 = _cells(f1)
             m2 = _cells(f2)
             lab1 = torch.cat([pl_cells[b, bx.cells(stride)[0], bx.cells(stride)[1]].reshape(-1) for b, bx in enumerate(boxes)])
-            ids1 = torch.cat([self._global_ids(b, *bx.cells(stride), pl_cells.shape) for b, bx in enumerate(boxes)])
+            ids1 = torch.cat([self._block_ids(b, *bx.cells(stride), *pl_cells.shape[1:]) for b, bx in enumerate(boxes)])
             lab2, ids2 = pl_cells.reshape(-1), torch.arange(pl_cells.numel())
             k1 = torch.arange(m1.shape[0])  # every crop cell lies in the overlap
             k2 = ids1.clone()  # ... and sits at its global cell in the teacher's map
@@ -245,12 +254,12 @@ class PiPaTerms:
             kk1, kk2, l1, l2, i1, i2 = [], [], [], [], [], []
             for b, (a, v) in enumerate(pairs):
                 sa, sb = overlap_cells(a, v, stride)
-                kk1.append(self._local_ids(b, sa, h1, w1))
-                kk2.append(self._local_ids(b, sb, h1, w1))
+                kk1.append(self._block_ids(b, *sa, h1, w1))
+                kk2.append(self._block_ids(b, *sb, h1, w1))
                 for box, ls, ids in ((a, l1, i1), (v, l2, i2)):
                     ys, xs = box.cells(stride)
                     ls.append(pl_cells[b, ys, xs].reshape(-1))
-                    ids.append(self._global_ids(b, ys, xs, pl_cells.shape))
+                    ids.append(self._block_ids(b, ys, xs, *pl_cells.shape[1:]))
             k1, k2 = torch.cat(kk1), torch.cat(kk2)
             lab1, lab2, ids1, ids2 = torch.cat(l1), torch.cat(l2), torch.cat(i1), torch.cat(i2)
             teacher2 = False
@@ -294,15 +303,9 @@ class PiPaTerms:
         return loss
 
     @staticmethod
-    def _global_ids(b: int, ys: slice, xs: slice, shape: torch.Size) -> Tensor:
-        """Flat indices (b·h·w + y·w + x) of a block of cells of the whole-image grid."""
-        _, h, w = shape
+    def _block_ids(b: int, ys: slice, xs: slice, h: int, w: int) -> Tensor:
+        """Flat indices (b·h·w + y·w + x) of a block of cells of a (B, h, w) grid."""
         yy, xx = torch.meshgrid(torch.arange(ys.start, ys.stop), torch.arange(xs.start, xs.stop), indexing="ij")
-        return (b * h * w + yy * w + xx).reshape(-1)
-
-    @staticmethod
-    def _local_ids(b: int, sl: tuple[slice, slice], h: int, w: int) -> Tensor:
-        yy, xx = torch.meshgrid(torch.arange(sl[0].start, sl[0].stop), torch.arange(sl[1].start, sl[1].stop), indexing="ij")
         return (b * h * w + yy * w + xx).reshape(-1)
 
     def _temporal_term(self, tgt: dict[str, Tensor], ctx: dict[str, Any], stride: int, gen: torch.Generator,
@@ -383,7 +386,5 @@ _CLASSES = {(b, clips): _make(cls, clips) for b, cls in BASES.items() for clips 
 
 def build_pipa(cfg: Config, model: Segmentor, clips: bool = False) -> SelfTraining:
     """The ``pipa`` (``clips=False``) or ``pipa_video`` method on ``cfg.method.pipa.base``."""
-    if cfg.method.pipa.pixel.temperature <= 0:
-        raise ValueError("method.pipa.pixel.temperature must be positive")
     cls = _CLASSES[(cfg.method.pipa.base, clips)]
     return cls(cfg, model)
