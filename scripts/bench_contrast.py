@@ -33,7 +33,6 @@ from pipa.config import load_config  # noqa: E402
 from pipa.contrast import PixelContrastLoss  # noqa: E402
 from pipa.data.datasets import SyntheticDataset  # noqa: E402
 from pipa.methods import build_method  # noqa: E402
-from pipa.methods.base import step_generator  # noqa: E402
 from pipa.models import build_segmentor  # noqa: E402
 from bench_step import iq_mean, timed_steps  # noqa: E402
 
@@ -86,28 +85,27 @@ def peak_bytes(fn) -> int:
 def contrastive_part(method, batch, clips: bool, steps: int) -> tuple[float, int]:
     """Time and peak memory of sampling + heads + losses (fwd + bwd) + memory, on the features of
     the last real step (detached into leaves, so no segmentor pass is timed)."""
-    ctx0 = method.context
-    src, tgt = batch["source"], batch["target"]
-    stride = src["image"].shape[-1] // ctx0["out_s"].features.shape[-1]
-    gen = step_generator(0, 10_000)
-    views = method._patch_views(tgt, ctx0, stride, gen) if method.patch_head is not None else None
-    tin = method._temporal_inputs(tgt, ctx0, stride) if clips else None
+    ctx0, _, _ = method.recipe(batch, 10_000, method.model, method.student)
+    terms = method.terms
+    views = terms["patch_contrast"].views(ctx0) if "patch_contrast" in terms else None
+    tin = terms["temporal_contrast"].inputs(ctx0) if clips and "temporal_contrast" in terms else None
 
     def leaf(x: torch.Tensor) -> torch.Tensor:
         return x.detach().clone().requires_grad_()
 
     def once() -> None:
-        ctx = dict(ctx0)
-        ctx["out_s"] = dataclasses.replace(ctx0["out_s"], features=leaf(ctx0["out_s"].features))
-        ctx["out_m"] = dataclasses.replace(ctx0["out_m"], features=leaf(ctx0["out_m"].features))
-        logs: dict = {}
-        loss = method._pixel_term(src, ctx, stride, gen, logs)
+        ctx = dataclasses.replace(ctx0, out_source=dataclasses.replace(ctx0.out_source, features=leaf(ctx0.out_source.features)),
+                                  out_mixed=dataclasses.replace(ctx0.out_mixed, features=leaf(ctx0.out_mixed.features)),
+                                  _cache={})
+        loss, _ = terms["pixel_contrast"](ctx)
         if views is not None:
-            loss = loss + method._patch_contrast(dataclasses.replace(views, m1=leaf(views.m1)), gen, logs)
+            patch, _ = terms["patch_contrast"].contrast(dataclasses.replace(views, m1=leaf(views.m1)), ctx.generator)
+            loss = loss + patch
         if tin is not None:
-            loss = loss + method._temporal_contrast(tin, ctx, gen, logs)
+            temporal, _ = terms["temporal_contrast"].contrast(tin, ctx)
+            loss = loss + temporal
         loss.backward()
-        method._push_memory(src, ctx, stride, gen)
+        method.shared["pixel_embedding"].after_terms(ctx)
 
     for _ in range(3):
         once()

@@ -131,7 +131,7 @@ def test_export_student_and_teacher(tmp_path, capsys):
     t = Segmentor.from_pretrained(tmp_path / "teacher").state_dict()
     s = Segmentor.from_pretrained(tmp_path / "student").state_dict()
     k = "classifier.weight"
-    assert torch.equal(t[k], ckpt["teacher.ema." + k]) and torch.equal(s[k], ckpt["model." + k])
+    assert torch.equal(t[k], ckpt["recipe.teacher.ema." + k]) and torch.equal(s[k], ckpt["model." + k])
     assert not torch.equal(t[k], s[k])  # after 2 EMA steps the teacher differs from the student
     so = tmp_path / "so"
     assert main(["train", str(PRESET), *tiny_overrides(so, iterations=1)]) == 0

@@ -29,7 +29,8 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
     ("train.iterations=abc", "must be an integer"),
     ("data.source.hflip=3", "true or false"),
     ("train.amp=fp8", "must be one of"),
-    ("train.iterations=0", "must be positive"),
+    ("train.iterations=0", "train.iterations.*must be at least 1"),
+    ("optim.lr=0", "optim.lr.*must be positive"),
     ("noequals", "key=value"),
 ])
 def test_bad_values(ov, frag):

@@ -20,7 +20,7 @@ def _batch(K=8, B=2, H=32, W=64, seed=0):
 @pytest.mark.parametrize("name", ["self_training", "daformer", "mic"])
 def test_loss_is_sum_of_parts(name):
     cfg = load_config(PRESET, [f"method.name={name}", "model.dropout=0.0", "method.fd.weight=0.5",
-                                 "method.teacher.pseudo_threshold=0.0"])  # q = 1: every term non-zero
+                                 "method.mic.weight=0.7", "method.teacher.pseudo_threshold=0.0"])  # q = 1: every term non-zero
     torch.manual_seed(0)
     method = build_method(cfg, build_segmentor(cfg.model))
     with torch.no_grad():  # move the student away from the frozen initial encoder (FD > 0)
@@ -33,7 +33,9 @@ def test_loss_is_sum_of_parts(name):
     # (BN in train mode on the same batch gives the same forward)
     src_ce = F.cross_entropy(method.model(batch["source"]["image"]).logits, batch["source"]["label"])
     assert logs["loss/source_ce"] == pytest.approx(src_ce.item(), rel=1e-5)
-    parts = src_ce.item() + logs["loss/mix_ce"] + logs.get("loss/feature_distance", 0) + logs.get("loss/mic_ce", 0)
+    # logs hold each term unweighted; the total weighs them (λ_fd = 0.5, λ_mic = 0.7)
+    parts = (src_ce.item() + logs["loss/mix_ce"] + 0.5 * logs.get("loss/feature_distance", 0)
+             + 0.7 * logs.get("loss/mic_ce", 0))
     assert total.item() == pytest.approx(parts, rel=1e-5)
     if name != "self_training":
         assert logs["loss/feature_distance"] > 0
@@ -52,7 +54,7 @@ def test_step_does_not_touch_gradients_and_teacher_follows_student():
         for p in method.model.parameters():
             p.add_(1.0)
     method.after_step(0)  # α_0 = 0: the teacher becomes the student
-    for pt, ps in zip(method.teacher.ema.parameters(), method.model.parameters()):
+    for pt, ps in zip(method.recipe.teacher.ema.parameters(), method.model.parameters()):
         assert torch.equal(pt, ps)
     # the deployable model has exactly the segmentor's parameters
     assert count_parameters(method.export_model()) == count_parameters(build_segmentor(cfg.model))

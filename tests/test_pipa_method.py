@@ -9,7 +9,6 @@ from pipa.config import load_config
 from pipa.engine.checkpoint import load_checkpoint
 from pipa.engine.trainer import train
 from pipa.methods import build_method
-from pipa.methods.base import step_generator
 from pipa.models import build_segmentor, count_parameters
 
 
@@ -38,10 +37,11 @@ def test_exported_model_has_exactly_the_base_parameters(base):
     plain = build_segmentor(cfg.model)
     assert count_parameters(method.export_model()) == count_parameters(plain)
     assert set(method.export_model().state_dict()) == set(plain.state_dict())
-    heads = count_parameters(method.pix_head) + count_parameters(method.patch_head)
+    pix_head, patch_head = method.shared["pixel_embedding"].head, method.terms["patch_contrast"].head
+    heads = count_parameters(pix_head) + count_parameters(patch_head)
     assert heads > 0  # the training-only heads exist, outside the exported model
     trained = {id(p) for g in method.param_groups(1e-3, 1.0) for p in g["params"]}
-    assert all(id(p) in trained for p in method.pix_head.parameters())
+    assert all(id(p) in trained for p in [*pix_head.parameters(), *patch_head.parameters()])
 
 
 def test_total_is_base_plus_weighted_terms():
@@ -66,13 +66,14 @@ def test_patch_term_gradient_reaches_the_encoder(views):
     """Published defect 1: patch contrast on teacher features only never trained the backbone."""
     _, method = _method("pipa", f"method.pipa.patch.views={views}")
     batch = _batch()
-    method.step(batch, 0)
+    ctx, _, _ = method.recipe(batch, 0, method.model, method.student)
     method.model.zero_grad(set_to_none=True)
-    loss = method._patch_term(batch["target"], method.context, 4, step_generator(0, 0), {})
+    loss, logs = method.terms["patch_contrast"](ctx)
+    assert logs["loss/patch"] == loss.item()
     loss.backward()
     grads = [p.grad for p in method.model.encoder.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
-    assert all(p.grad is None for p in method.teacher.ema.parameters())
+    assert all(p.grad is None for p in method.recipe.teacher.ema.parameters())
 
 
 def test_pipa_video_adds_the_temporal_term_and_needs_clips():
@@ -93,5 +94,6 @@ def test_pipa_trains_and_checkpoints_the_memory(tmp_path):
     res = train(cfg, progress="none")
     assert 0 <= res.miou <= 100
     state = load_checkpoint(tmp_path / "p" / "checkpoint.pt")
-    assert "memory.features" in state["method"] and int(state["method"]["memory.count"].sum()) > 0
-    assert "pix_head_ema.ema.fc1.weight" in state["method"]
+    mem = "shared.pixel_embedding.memory."
+    assert mem + "features" in state["method"] and int(state["method"][mem + "count"].sum()) > 0
+    assert "shared.pixel_embedding.head_ema.ema.fc1.weight" in state["method"]

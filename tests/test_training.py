@@ -8,7 +8,8 @@ import torch
 
 from conftest import PRESET, ROOT, tiny_overrides
 from pipa.config import load_config
-from pipa.engine.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from pipa.core.io import atomic_write
+from pipa.engine.checkpoint import load_checkpoint, save_checkpoint
 from pipa.engine.schedule import lr_factor
 from pipa.engine.trainer import train
 
@@ -53,7 +54,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, method):
 
 def _train_until(cfg, stop_at):
     """Run the trainer but raise right after the checkpoint at ``stop_at`` (a simulated crash)."""
-    import pipa.engine.trainer as tr
+    import pipa.engine.callbacks as tr
 
     real = tr.save_checkpoint
 

@@ -29,7 +29,7 @@ def _resolve_config(name: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .engine import distributed
+    from .core import dist as distributed
     from .engine.trainer import train
 
     cfg = load_config(_resolve_config(args.config), args.overrides)
@@ -80,20 +80,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for n, v in zip(names, res.per_class_iou):
         print(f"  {n:>14s}  {'–' if math.isnan(v) else f'{v:5.1f}'}")
     if args.confusion:
+        from .evaluation.metrics import format_confusion
+
         print(format_confusion(res.confusion, names))
     return 0
-
-
-def format_confusion(cm, names: list[str]) -> str:
-    """Row-normalised confusion matrix (percent of each ground-truth class)."""
-    rows = cm.double()
-    rows = rows / rows.sum(1, keepdim=True).clamp_min(1) * 100
-    width = max(8, max(len(n) for n in names) + 1)
-    out = ["confusion (rows: ground truth, % of its pixels; columns: prediction)",
-           " " * width + "".join(f"{n[:7]:>8s}" for n in names)]
-    for n, r in zip(names, rows.tolist()):
-        out.append(f"{n:>{width}s}" + "".join(f"{v:8.1f}" for v in r))
-    return "\n".join(out)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -141,7 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.run)
     ckpt = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
     cfg = from_dict(ckpt["config"])
-    prefix = {"student": "model.", "teacher": "teacher.ema."}[args.which]
+    prefix = {"student": "model.", "teacher": "recipe.teacher.ema."}[args.which]
     state = {k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f"the checkpoint has no {args.which} weights (method '{cfg.method.name}' has no teacher)")

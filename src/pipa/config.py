@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import subprocess
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
@@ -22,43 +23,90 @@ class ConfigError(ValueError):
     """A bad configuration key or value (the message is one line and names the key)."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """Schema annotation: a number (or every element of a list) must lie in [lo, hi]; ``lo_open`` /
+    ``hi_open`` exclude the bound."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            return False
+        return not (self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)))
+
+    def __str__(self) -> str:
+        if self.hi is None and self.lo is not None:
+            if self.lo == 0:
+                return "positive" if self.lo_open else "non-negative (>= 0)"
+            return f"{'>' if self.lo_open else 'at least'} {self.lo:g}"
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"in {'(' if self.lo_open or self.lo is None else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Length:
+    """Schema annotation: a list must have exactly ``n`` elements."""
+
+    n: int
+
+
+POSITIVE = Range(0, lo_open=True)
+NONNEG = Range(0)
+UNIT = Range(0, 1)  # probabilities, ratios, thresholds
+COUNT = Range(1)
+
+Backbone = Literal["conv_small", "conv_base", "mit_tiny", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
+DatasetName = Literal["synthetic", "folder", "gta5", "cityscapes", "synthia", "synthia_seq", "viper", "cityscapes_seq"]
+MethodName = Literal["source_only", "source_only_aug", "oracle", "self_training", "daformer", "mic", "pipa",
+                     "pipa_video"]
+BaseRecipe = Literal["self_training", "daformer", "mic"]
+# names of the terms ``method.terms`` may list; ``pipa.methods.terms.register_term`` adds to it
+KNOWN_TERMS: set[str] = {"feature_distance", "masked_consistency", "pixel_contrast", "patch_contrast",
+                         "temporal_contrast"}
+
+
 @dataclass
 class ModelConfig:
-    backbone: str = "conv_small"  # conv_small | conv_base | mit_tiny | mit_b0 .. mit_b5
+    backbone: Backbone = "conv_small"
     pretrained: str | None = None  # hub id or local folder (MiT only)
-    decoder: str = "daformer"  # daformer | mlp
-    decoder_channels: int = 256
-    aspp_dilations: list[int] = field(default_factory=lambda: [1, 6, 12, 18])
+    decoder: Literal["daformer", "mlp"] = "daformer"
+    decoder_channels: Annotated[int, COUNT] = 256
+    aspp_dilations: Annotated[list[int], COUNT] = field(default_factory=lambda: [1, 6, 12, 18])
     aspp_separable: bool = True  # DAFormer; false = plain dilated convs (faster on CPU)
     aspp_squeeze: bool = False  # 1x1 reduction of the level concatenation before the context block
-    bottleneck_kernel: int = 3
-    num_classes: int = 8
-    dropout: float = 0.1
-    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    bottleneck_kernel: Annotated[int, COUNT] = 3
+    num_classes: Annotated[int, COUNT] = 8
+    dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
+    pixel_mean: Annotated[list[float], Length(3)] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: Annotated[list[float], Length(3), POSITIVE] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 @dataclass
 class DatasetConfig:
-    # synthetic | folder | gta5 | cityscapes | synthia | synthia_seq | viper | cityscapes_seq
-    name: str = "synthetic"
+    name: DatasetName = "synthetic"
     root: str | None = None  # real and folder datasets: the folder in its original layout
     split: str = "train"
-    domain: str = "source"  # synthetic only
-    num_images: int = 2000  # synthetic only
-    height: int = 96  # synthetic only
-    width: int = 192  # synthetic only
-    seed: int = 0  # benchmark seed (not the training seed)
-    clip_length: int = 1  # synthetic: 1 = images, T > 1 = T-frame clips (video track)
+    domain: Literal["source", "target"] = "source"  # synthetic only
+    num_images: Annotated[int, COUNT] = 2000  # synthetic only
+    height: Annotated[int, Range(8)] = 96  # synthetic only
+    width: Annotated[int, Range(8)] = 192  # synthetic only
+    seed: Annotated[int, NONNEG] = 0  # benchmark seed (not the training seed)
+    clip_length: Annotated[int, COUNT] = 1  # synthetic: 1 = images, T > 1 = T-frame clips (video track)
     hflip: bool = True  # random horizontal flip (training only)
-    on_error: str = "raise"  # real and folder datasets: raise | skip bad files found at indexing
-    classes: int = 0  # real datasets: class set (0 = the benchmark's: 19, SYNTHIA 16/13, SYNTHIA-Seq 12, VIPER 15)
+    on_error: Literal["raise", "skip"] = "raise"  # real and folder datasets: bad files found at indexing
+    # real datasets: class set (0 = the benchmark's: 19, SYNTHIA 16/13, SYNTHIA-Seq 12, VIPER 15)
+    classes: Literal[0, 12, 13, 15, 16, 19] = 0
     mapping: str | None = None  # folder datasets: a mapping JSON (raw value -> train id) instead of class ids
-    resize: list[int] | None = None  # real datasets: (H, W) every item is resized to (GTA5 [720, 1280])
-    crop: list[int] | None = None  # real datasets, training: random (H, W) crop after resizing ([512, 512])
-    frame_offset: int = 1  # video datasets: the neighbour frame is t - frame_offset
+    resize: Annotated[list[int] | None, Length(2), COUNT] = None  # real datasets: (H, W) items are resized to
+    crop: Annotated[list[int] | None, Length(2), COUNT] = None  # real datasets, training: random (H, W) crop
+    frame_offset: Annotated[int, COUNT] = 1  # video datasets: the neighbour frame is t - frame_offset
     flow_root: str | None = None  # video datasets: folder of backward flows t -> t-k (optional)
-    flow_format: str = "npy"  # npy (DA-VSN/TPS int16 x10) | kitti (16-bit PNG)
+    flow_format: Literal["npy", "kitti"] = "npy"  # npy (DA-VSN/TPS int16 x10) | kitti (16-bit PNG)
     # real datasets: decode every label when indexing, so label values outside the mapping stop the run
     # (or are skipped) before training rather than halfway; false saves that pass on huge sources
     verify_labels: bool = True
@@ -71,130 +119,132 @@ class DataConfig:
     val: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(domain="target", split="val", num_images=300, hflip=False)
     )
-    batch_size: int = 8  # per rank, per domain
-    num_workers: int = 0
+    batch_size: Annotated[int, COUNT] = 8  # per rank, per domain
+    num_workers: Annotated[int, NONNEG] = 0
     cache_dir: str | None = None  # synthetic render cache (default ~/.cache/pipa)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    head_lr_mult: float = 10.0  # decoder lr = lr * head_lr_mult (DAFormer: 10)
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_iters: int = 100
-    warmup_ratio: float = 1e-6
-    poly_power: float = 1.0
-    grad_clip: float | None = None
+    lr: Annotated[float, POSITIVE] = 1e-3
+    head_lr_mult: Annotated[float, NONNEG] = 10.0  # decoder lr = lr * head_lr_mult (DAFormer: 10)
+    weight_decay: Annotated[float, NONNEG] = 0.01
+    betas: Annotated[list[float], Length(2), Range(0, 1, hi_open=True)] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_iters: Annotated[int, NONNEG] = 100
+    warmup_ratio: Annotated[float, UNIT] = 1e-6
+    poly_power: Annotated[float, NONNEG] = 1.0
+    grad_clip: Annotated[float | None, POSITIVE] = None
 
 
 @dataclass
 class TeacherConfig:
-    alpha: float = 0.999  # EMA α (DAFormer warm-up α_t = min(1 - 1/(t+1), α))
-    mode: str = "train_bn"  # train_bn (batch statistics, dropout off: DAFormer parity) | eval
-    buffers: str = "copy"  # copy | average the student's BN running statistics
-    pseudo_threshold: float = 0.968  # τ of the confidence weight q (DACS)
-    weight: str = "fraction"  # fraction (q per image, DACS) | pixel
-    ignore_top: int = 0  # pseudo-label rows given weight 0 (DAFormer: 15 on Cityscapes 512 crops)
-    ignore_bottom: int = 0  # (DAFormer: 120)
+    alpha: Annotated[float, UNIT] = 0.999  # EMA α (DAFormer warm-up α_t = min(1 - 1/(t+1), α))
+    # train_bn (batch statistics, dropout off: DAFormer parity) | eval (running statistics)
+    mode: Literal["train_bn", "eval"] = "train_bn"
+    buffers: Literal["copy", "average"] = "copy"  # the student's BN running statistics
+    pseudo_threshold: Annotated[float, UNIT] = 0.968  # τ of the confidence weight q (DACS)
+    weight: Literal["fraction", "pixel"] = "fraction"  # q per image (DACS) | per pixel
+    ignore_top: Annotated[int, NONNEG] = 0  # pseudo-label rows given weight 0 (DAFormer: 15 on Cityscapes 512 crops)
+    ignore_bottom: Annotated[int, NONNEG] = 0  # (DAFormer: 120)
 
 
 @dataclass
 class AugConfig:
     """Strong augmentation of mixed images (DACS/DAFormer), also used by source_only_aug."""
 
-    jitter_p: float = 0.2
-    jitter_strength: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: list[float] = field(default_factory=lambda: [0.15, 1.15])
+    jitter_p: Annotated[float, UNIT] = 0.2
+    jitter_strength: Annotated[float, NONNEG] = 0.2
+    blur_p: Annotated[float, UNIT] = 0.5
+    blur_sigma: Annotated[list[float], Length(2), NONNEG] = field(default_factory=lambda: [0.15, 1.15])
 
 
 @dataclass
 class RCSConfig:
-    temperature: float = 0.01  # T of P(c) ∝ exp((1 - f_c)/T)
-    min_pixels: int = 16  # an image qualifies for class c with at least this many pixels of it
+    temperature: Annotated[float, POSITIVE] = 0.01  # T of P(c) ∝ exp((1 - f_c)/T)
+    min_pixels: Annotated[int, NONNEG] = 16  # an image qualifies for class c with at least this many pixels of it
 
 
 @dataclass
 class FDConfig:
-    weight: float = 0.005  # λ_fd (0 disables)
-    classes: list[int] = field(default_factory=lambda: [5, 6])  # thing classes (synthetic: car, person)
-    min_ratio: float = 0.75
+    weight: Annotated[float, NONNEG] = 0.005  # λ_fd (0 disables)
+    classes: Annotated[list[int], NONNEG] = field(default_factory=lambda: [5, 6])  # thing classes (synthetic: car, person)
+    min_ratio: Annotated[float, UNIT] = 0.75
 
 
 @dataclass
 class MICConfig:
-    weight: float = 1.0  # λ_mic
-    block_size: int = 16  # pixels (MIC: 64 on 512 crops)
-    mask_ratio: float = 0.7
+    weight: Annotated[float, NONNEG] = 1.0  # λ_mic (0 disables)
+    block_size: Annotated[int, COUNT] = 16  # pixels (MIC: 64 on 512 crops)
+    mask_ratio: Annotated[float, UNIT] = 0.7
 
 
 @dataclass
 class PixelTermConfig:
     """L_pix: pixel-wise contrast (spec "Pixel-wise contrast", "Task-smart sampling")."""
 
-    weight: float = 0.1  # λ_pix
-    start: int = 0  # first iteration the term is on
-    temperature: float = 0.1  # τ
-    max_anchors: int = 512  # |A| per step
-    max_per_class: int = 64
-    min_pixels: int = 8  # classes with fewer feature cells in the batch are skipped
-    hard_ratio: float = 0.5  # share of each class's anchors that are hard
-    hard_confidence: float = 0.9  # student max probability below this counts as hard
+    weight: Annotated[float, NONNEG] = 0.1  # λ_pix (0: the term is not built)
+    start: Annotated[int, NONNEG] = 0  # first iteration the term is on
+    temperature: Annotated[float, POSITIVE] = 0.1  # τ
+    max_anchors: Annotated[int, COUNT] = 512  # |A| per step
+    max_per_class: Annotated[int, COUNT] = 64
+    min_pixels: Annotated[int, NONNEG] = 8  # classes with fewer feature cells in the batch are skipped
+    hard_ratio: Annotated[float, UNIT] = 0.5  # share of each class's anchors that are hard
+    hard_confidence: Annotated[float, UNIT] = 0.9  # student max probability below this counts as hard
     # target cells (and memory entries) need teacher confidence above this to get a pseudo-label; 0.8
     # was chosen on the built-in benchmark (3 seeds, README); the DACS pseudo-label threshold is 0.968
-    target_threshold: float = 0.8
-    memory_per_class: int = 64  # memory entries drawn per class per step into the contrast set (0 = all)
+    target_threshold: Annotated[float, UNIT] = 0.8
+    memory_per_class: Annotated[int, NONNEG] = 64  # memory entries drawn per class per step (0 = all)
 
 
 @dataclass
 class PatchTermConfig:
     """L_patch: patch-wise contrast between two views of the same target patch."""
 
-    weight: float = 0.1  # λ_patch
-    start: int = 0
-    temperature: float = 0.1
-    views: str = "student_teacher"  # student_teacher | student_student
-    negatives: str = "semantic"  # semantic (other pseudo-label) | location (any other place)
-    crop: list[float] = field(default_factory=lambda: [0.5, 0.5])  # crop size / image size (h, w)
-    iou: list[float] = field(default_factory=lambda: [0.1, 1.0])  # student_student overlap IoU range
-    max_anchors: int = 256
-    num_negatives: int = 256
+    weight: Annotated[float, NONNEG] = 0.1  # λ_patch (0: the term is not built)
+    start: Annotated[int, NONNEG] = 0
+    temperature: Annotated[float, POSITIVE] = 0.1
+    views: Literal["student_teacher", "student_student"] = "student_teacher"
+    negatives: Literal["semantic", "location"] = "semantic"  # other pseudo-label | any other place
+    # crop size / image size (h, w)
+    crop: Annotated[list[float], Length(2), Range(0, 1, lo_open=True)] = field(default_factory=lambda: [0.5, 0.5])
+    iou: Annotated[list[float], Length(2), UNIT] = field(default_factory=lambda: [0.1, 1.0])  # student_student
+    max_anchors: Annotated[int, COUNT] = 256
+    num_negatives: Annotated[int, COUNT] = 256
 
 
 @dataclass
 class TemporalTermConfig:
     """L_temp: cross-frame contrast on target clips (video track)."""
 
-    weight: float = 0.1  # λ_temp
-    start: int = 0
-    temperature: float = 0.1
+    weight: Annotated[float, NONNEG] = 0.1  # λ_temp (0: the term is not built)
+    start: Annotated[int, NONNEG] = 0
+    temperature: Annotated[float, POSITIVE] = 0.1
     use_flow: bool = True  # add the flow-corresponding cell as a positive (occlusion-checked)
-    max_anchors: int = 512
-    max_per_class: int = 64
-    hard_ratio: float = 0.5  # share of temporally unstable anchors
-    max_contrast: int = 1024  # cells of frame τ-k in the contrast set
-    memory_per_class: int = 32  # memory entries per class added to the contrast set (0 = none)
+    max_anchors: Annotated[int, COUNT] = 512
+    max_per_class: Annotated[int, COUNT] = 64
+    hard_ratio: Annotated[float, UNIT] = 0.5  # share of temporally unstable anchors
+    max_contrast: Annotated[int, COUNT] = 1024  # cells of frame τ-k in the contrast set
+    memory_per_class: Annotated[int, NONNEG] = 32  # memory entries per class added to the contrast set (0 = none)
 
 
 @dataclass
 class MemoryConfig:
     """Semantic-aware memory: class-wise FIFO queues of teacher embeddings."""
 
-    size_per_class: int = 512  # 0 disables the memory
-    push_per_class: int = 64  # entries pushed per class per step (class-balanced)
+    size_per_class: Annotated[int, NONNEG] = 512  # 0 disables the memory
+    push_per_class: Annotated[int, COUNT] = 64  # entries pushed per class per step (class-balanced)
     # source cells (ground truth) pushed too: teacher (spec; one more teacher forward per step),
     # student (its detached source features, no extra pass) or off (target cells only)
-    source: str = "student"
+    source: Literal["teacher", "student", "off"] = "student"
 
 
 @dataclass
 class PiPaConfig:
     """PiPa++ terms added to a base recipe (methods ``pipa`` and ``pipa_video``)."""
 
-    base: str = "self_training"  # self_training | daformer | mic
-    embed_dim: int = 64  # D of the projection heads
-    hidden_dim: int = 0  # hidden width of the heads (0 = decoder channels)
+    base: BaseRecipe = "self_training"
+    embed_dim: Annotated[int, COUNT] = 64  # D of the projection heads
+    hidden_dim: Annotated[int, NONNEG] = 0  # hidden width of the heads (0 = decoder channels)
     pixel: PixelTermConfig = field(default_factory=PixelTermConfig)
     patch: PatchTermConfig = field(default_factory=PatchTermConfig)
     temporal: TemporalTermConfig = field(default_factory=TemporalTermConfig)
@@ -202,8 +252,20 @@ class PiPaConfig:
 
 
 @dataclass
+class TermConfig:
+    """One extra term added to the method's own (``method.terms``): a registered term name, its weight
+    λ and the first iteration it is on. Its other settings come from its own config section."""
+
+    name: str = ""
+    weight: Annotated[float, NONNEG] = 1.0
+    start: Annotated[int, NONNEG] = 0
+
+
+@dataclass
 class MethodConfig:
-    name: str = "source_only"
+    name: MethodName = "source_only"
+    # extra terms on top of the method's own, e.g. [{name: pixel_contrast, weight: 0.1}] on mic
+    terms: list[TermConfig] = field(default_factory=list)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     rcs: RCSConfig = field(default_factory=RCSConfig)
@@ -214,29 +276,30 @@ class MethodConfig:
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1500
-    seed: int = 0
-    eval_interval: int = 500
-    checkpoint_interval: int = 500
-    log_interval: int = 50
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | fp16 | off
-    device: str = "auto"  # auto | cpu | cuda
+    iterations: Annotated[int, COUNT] = 1500
+    seed: Annotated[int, NONNEG] = 0
+    eval_interval: Annotated[int, NONNEG] = 500  # 0: evaluate at the end only
+    checkpoint_interval: Annotated[int, NONNEG] = 500
+    log_interval: Annotated[int, COUNT] = 50
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto = bf16 on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/train"
-    eval_batch_size: int = 16
-    threads: int = 0  # torch.set_num_threads on CPU (0: leave as is)
+    eval_batch_size: Annotated[int, COUNT] = 16
+    threads: Annotated[int, NONNEG] = 0  # torch.set_num_threads on CPU (0: leave as is)
     overwrite: bool = False  # allow a fresh run in a folder that holds a checkpoint
-    debug_interval: int = 0  # write debug image grids (source, target, mix, pseudo-labels) every N its
+    debug_interval: Annotated[int, NONNEG] = 0  # write debug image grids (source, target, mix, pseudo-labels) every N its
 
 
 @dataclass
 class EvalConfig:
     """How the target is evaluated (``datasets.md`` §2)."""
 
-    protocol: str = "all"  # all | gta2cs | syn2cs | synseq2csseq | viper2csseq (which mIoUs are reported)
-    input_size: list[int] | None = None  # (H, W) images are resized to before inference (e.g. [512, 1024])
-    mode: str = "whole"  # whole | slide (sliding window)
-    crop: list[int] = field(default_factory=lambda: [1024, 1024])  # slide window (H, W)
-    stride: list[int] = field(default_factory=lambda: [512, 512])
+    # which mIoUs are reported
+    protocol: Literal["all", "gta2cs", "syn2cs", "synseq2csseq", "viper2csseq"] = "all"
+    input_size: Annotated[list[int] | None, Length(2), COUNT] = None  # (H, W) images are resized to before inference
+    mode: Literal["whole", "slide"] = "whole"  # whole image | sliding window
+    crop: Annotated[list[int], Length(2), COUNT] = field(default_factory=lambda: [1024, 1024])  # slide window (H, W)
+    stride: Annotated[list[int], Length(2), COUNT] = field(default_factory=lambda: [512, 512])
     align_corners: bool = False  # logit upsampling to the label grid: mmseg false, ADVENT family true
 
 
@@ -252,10 +315,19 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _annotations(tp: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, a, b]`` -> (T, [a, b]); anything else -> (tp, [])."""
+    if typing.get_origin(tp) is Annotated:
+        base, *extras = typing.get_args(tp)
+        return base, list(extras)
+    return tp, []
 
 
 def _optional_inner(tp: Any) -> tuple[Any, bool]:
+    tp, _ = _annotations(tp)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -281,7 +353,30 @@ def _unknown(key: str, root: type, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{where}{hint}")
 
 
+def _choice_error(key: str, value: Any, allowed: list[Any]) -> ConfigError:
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return ConfigError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}{hint}")
+
+
+def _number(value: Any, key: str, kind: type) -> Any:
+    """YAML reads ``3e-4`` (no dot) as a string: numbers written that way are accepted too."""
+    if isinstance(value, str) and kind is float:
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+    return kind(value)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the schema type ``tp`` (with its ``Range``/``Length``/``Literal``)."""
+    _, extras = _annotations(tp)
     inner, optional = _optional_inner(tp)
     if value is None:
         if optional:
@@ -294,27 +389,38 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
         return value  # merged field by field by the caller
     origin = typing.get_origin(inner)
+    if origin is Literal:
+        allowed = list(typing.get_args(inner))
+        if value not in allowed or isinstance(value, bool):
+            raise _choice_error(key, value, allowed)
+        return value
     if origin is list:
         (elem,) = typing.get_args(inner)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return [_coerce(v, elem, key) for v in value]
+        for a in extras:
+            if isinstance(a, Length) and len(value) != a.n:
+                raise ConfigError(f"config key '{key}' must be a list of {a.n} values, got {list(value)!r}")
+        if dataclasses.is_dataclass(elem):
+            return [merge(elem(), _coerce(v, elem, f"{key}[{i}]"), Config, f"{key}[{i}].") for i, v in enumerate(value)]
+        return [_check_range(_coerce(v, elem, key), extras, key) for v in value]
     if inner is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if inner is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if inner is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if inner in (int, float):
+        return _check_range(_number(value, key, inner), extras, key)
     if inner is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _check_range(value: Any, extras: list[Any], key: str) -> Any:
+    for a in extras:
+        if isinstance(a, Range) and isinstance(value, (int, float)) and not a.holds(value):
+            raise ConfigError(f"config key '{key}' must be {a}, got {value!r}")
     return value
 
 
@@ -395,37 +501,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    choices = {
-        "train.amp": (cfg.train.amp, ("auto", "bf16", "fp16", "off")),
-        "train.device": (cfg.train.device, ("auto", "cpu", "cuda")),
-        "model.decoder": (cfg.model.decoder, ("daformer", "mlp")),
-        "eval.mode": (cfg.eval.mode, ("whole", "slide")),
-        "eval.protocol": (cfg.eval.protocol, ("all", "gta2cs", "syn2cs", "synseq2csseq", "viper2csseq")),
-        "method.pipa.base": (cfg.method.pipa.base, ("self_training", "daformer", "mic")),
-        "method.pipa.patch.views": (cfg.method.pipa.patch.views, ("student_teacher", "student_student")),
-        "method.pipa.patch.negatives": (cfg.method.pipa.patch.negatives, ("semantic", "location")),
-        "method.pipa.memory.source": (cfg.method.pipa.memory.source, ("teacher", "student", "off")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {value!r}")
-    positive = {
-        "train.iterations": cfg.train.iterations,
-        "data.batch_size": cfg.data.batch_size,
-        "model.num_classes": cfg.model.num_classes,
-        "train.eval_batch_size": cfg.train.eval_batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {value}")
-    for term in ("pixel", "patch", "temporal"):
-        if getattr(cfg.method.pipa, term).temperature <= 0:
-            raise ConfigError(f"config key 'method.pipa.{term}.temperature' must be positive")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"config key 'optim.lr' must be positive, got {cfg.optim.lr}")
-    if len(cfg.model.pixel_mean) != 3 or len(cfg.model.pixel_std) != 3:
-        raise ConfigError("config keys 'model.pixel_mean' and 'model.pixel_std' need 3 values each")
+    """Checks across fields that a field's own type cannot express (types, choices and ranges are
+    checked by :func:`merge` as values are read)."""
+    sigma = cfg.method.aug.blur_sigma
+    if sigma[0] > sigma[1]:
+        raise ConfigError(f"config key 'method.aug.blur_sigma' must be [low, high] with low <= high, got {sigma}")
+    iou = cfg.method.pipa.patch.iou
+    if iou[0] > iou[1]:
+        raise ConfigError(f"config key 'method.pipa.patch.iou' must be [low, high] with low <= high, got {iou}")
+    K = cfg.model.num_classes
+    bad = [c for c in cfg.method.fd.classes if c >= K]
+    if bad:
+        raise ConfigError(f"config key 'method.fd.classes' holds class ids {bad} >= model.num_classes={K}")
+    seen: set[str] = set()
+    for i, term in enumerate(cfg.method.terms):
+        if term.name not in KNOWN_TERMS:
+            raise _choice_error(f"method.terms[{i}].name", term.name, sorted(KNOWN_TERMS))
+        if term.name in seen:
+            raise ConfigError(f"config key 'method.terms[{i}].name': term '{term.name}' is listed twice")
+        seen.add(term.name)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def _train_or_reuse(cfg: Config, resume: bool) -> TrainResult:
             print(f"   reusing the finished run in {path.parent}", flush=True)
             return TrainResult(**saved["result"])
     res = train(cfg, progress="none")
-    from .engine.checkpoint import atomic_write
+    from .core.io import atomic_write
 
     payload = json.dumps({"config": to_dict(cfg), "result": dataclasses.asdict(res)})
     atomic_write(path, lambda p: Path(p).write_text(payload))
@@ -363,7 +363,7 @@ def gains_text(runs: list[dict[str, Any]], track: str) -> str:
 def _confusion_text(results: dict, track: str, class_names: list[str]) -> str:
     import torch
 
-    from .cli import format_confusion
+    from .evaluation.metrics import format_confusion
 
     res = results.get((track, "source_only", 0))
     if res is None or not res.confusion:

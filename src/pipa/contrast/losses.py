@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = 255
+from ..core.constants import IGNORE_INDEX
 
 
 def _full(x: Tensor) -> Tensor:

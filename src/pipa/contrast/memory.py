@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-IGNORE_INDEX = 255
+from ..core.constants import IGNORE_INDEX
 
 
 def all_gather_rows(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from ..core.constants import IGNORE_INDEX
 
 
 @dataclass
@@ -140,3 +140,47 @@ def pair_counts(anchor_labels: Tensor, contrast_labels: Tensor, num_classes: int
     pos = torch.where(a_c > 0, n_c - 1, torch.zeros_like(n_c)).clamp_min(0)
     neg = torch.where(a_c > 0, valid.numel() - n_c, torch.zeros_like(n_c))
     return pos, neg
+
+
+@dataclass
+class PatchSample:
+    """Rows of the two views of L_patch that take part: ``k1``/``k2`` (A,) positive pairs (view-1
+    row, view-2 row), ``q1``/``q2`` the negatives drawn from each view, ``valid`` (A, |q1|+|q2|)
+    bool: which negatives count for each anchor."""
+
+    k1: Tensor
+    k2: Tensor
+    q1: Tensor
+    q2: Tensor
+    valid: Tensor
+
+
+class PatchSampler:
+    """Patch task: at most ``max_anchors`` positive pairs (random), ``num_negatives`` rows split
+    between the two views; a negative counts for an anchor if its pseudo-label differs
+    (``semantic``) or if it is another image cell (``location``)."""
+
+    def __init__(self, max_anchors: int = 256, num_negatives: int = 256, negatives: str = "semantic") -> None:
+        if negatives not in ("semantic", "location"):
+            raise ValueError(f"patch negatives must be semantic or location, got {negatives!r}")
+        self.max_anchors, self.num_negatives, self.negatives = max_anchors, num_negatives, negatives
+
+    @torch.no_grad()
+    def __call__(self, k1: Tensor, k2: Tensor, lab1: Tensor, lab2: Tensor, ids1: Tensor, ids2: Tensor,
+                 generator: torch.Generator | None = None) -> PatchSample:
+        """``k1``/``k2`` (P,) all positive pairs; ``lab*``/``ids*`` (N1,)/(N2,) each view row's
+        pseudo-label and global cell id -> :class:`PatchSample`."""
+        if k1.numel() > self.max_anchors:
+            keep = torch.randperm(k1.numel(), generator=generator)[: self.max_anchors]
+            k1, k2 = k1[keep], k2[keep]
+        n1 = min(self.num_negatives // 2, lab1.shape[0])
+        n2 = min(self.num_negatives - n1, lab2.shape[0])
+        q1 = torch.randperm(lab1.shape[0], generator=generator)[:n1]
+        q2 = torch.randperm(lab2.shape[0], generator=generator)[:n2]
+        if self.negatives == "semantic":
+            a_lab = lab1[k1.to(lab1.device)]
+            n_lab = torch.cat([lab1[q1.to(lab1.device)], lab2[q2.to(lab2.device)]])
+            valid = a_lab[:, None] != n_lab[None, :]
+        else:
+            valid = ids1[k1][:, None] != torch.cat([ids1[q1], ids2[q2]])[None, :]
+        return PatchSample(k1, k2, q1, q2, valid)

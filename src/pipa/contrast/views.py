@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from ..core.constants import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,9 @@ def warp_backward(prev: Tensor, flow: Tensor, mode: str = "bilinear") -> tuple[T
     grid = torch.stack([(px + 0.5) / w * 2 - 1, (py + 0.5) / h * 2 - 1], -1)
     out = F.grid_sample(prev.to(grid.dtype), grid, mode=mode, padding_mode="border", align_corners=False)
     return out, inb
+
+
+def block_ids(b: int, ys: slice, xs: slice, h: int, w: int) -> Tensor:
+    """Flat indices ``b·h·w + y·w + x`` of a block of cells of a (B, h, w) grid, row-major: (n,) int64."""
+    yy, xx = torch.meshgrid(torch.arange(ys.start, ys.stop), torch.arange(xs.start, xs.stop), indexing="ij")
+    return (b * h * w + yy * w + xx).reshape(-1)

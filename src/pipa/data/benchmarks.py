@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 from .io import DatasetError, image_size, read_flow_kitti, read_flow_npy, read_index_png, read_png16, read_rgb, resize_flow
 from .mappings import LabelMapping, load_mapping
 
-IGNORE_INDEX = 255
+from ..core.constants import IGNORE_INDEX
 
 
 @dataclass

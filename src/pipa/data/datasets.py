@@ -108,7 +108,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from ..engine.checkpoint import atomic_write
+    from ..core.io import atomic_write
 
     def write(p: Path) -> None:
         with open(p, "wb") as fh:

@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import torch
 
+from ..core.io import atomic_write
+
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT_VERSION = 1
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temp file next to ``path``, fsync it, then rename over ``path``.
-
-    A crash mid-write leaves the previous file intact (rename is atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+# 2: the method state is recipe (student, teacher) + terms (heads, frozen encoder) + shared memory
+FORMAT_VERSION = 2
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (plain containers and tensors) atomically to ``path``."""
     atomic_write(path, lambda p: torch.save(state, p))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``; one-line errors for missing, corrupt
+    or foreign files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -44,32 +30,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:  # torch raises several types for truncated/corrupt files
         raise RuntimeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise RuntimeError(f"{path} is not a pipa training checkpoint (format {FORMAT_VERSION})")
+        found = state.get("format_version") if isinstance(state, dict) else None
+        raise RuntimeError(f"{path} is not a pipa training checkpoint of format {FORMAT_VERSION} (found {found!r})")
     return state
-
-
-def rng_state() -> dict[str, Any]:
-    """All RNG states as plain containers (numpy's key array stored as a tensor)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_tuplify(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuplify(x: Any) -> Any:
-    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x

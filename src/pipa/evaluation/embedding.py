@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..contrast.views import pool_labels
-from ..evaluation.metrics import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
 
 
 @torch.no_grad()

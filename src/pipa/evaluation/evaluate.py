@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..engine.distributed import rank, world_size
+from ..core.dist import rank, world_size
 from .metrics import ConfusionMeter, mean_iou
 from .protocols import protocol_logits, subsets
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = 255
+from ..core.constants import IGNORE_INDEX
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
@@ -58,7 +58,7 @@ class ConfusionMeter:
         self.cm += confusion_matrix(pred, target.to(pred.device), self.num_classes)
 
     def all_reduce(self) -> None:
-        from ..engine.distributed import all_reduce_sum
+        from ..core.dist import all_reduce_sum
 
         all_reduce_sum(self.cm)
 
@@ -79,3 +79,15 @@ def format_table(class_names: list[str], rows: dict[str, list[float]], miou: dic
         cells = ["–" if math.isnan(v) else f"{v:.1f}" for v in ious]
         lines.append(f"| {name} | {m:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_confusion(cm: torch.Tensor, names: list[str]) -> str:
+    """Row-normalised confusion matrix (percent of each ground-truth class)."""
+    rows = cm.double()
+    rows = rows / rows.sum(1, keepdim=True).clamp_min(1) * 100
+    width = max(8, max(len(n) for n in names) + 1)
+    out = ["confusion (rows: ground truth, % of its pixels; columns: prediction)",
+           " " * width + "".join(f"{n[:7]:>8s}" for n in names)]
+    for n, r in zip(names, rows.tolist()):
+        out.append(f"{n:>{width}s}" + "".join(f"{v:8.1f}" for v in r))
+    return "\n".join(out)

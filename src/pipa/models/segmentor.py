@@ -96,7 +96,7 @@ class Segmentor(nn.Module):
         """Write ``model.safetensors`` + ``config.json`` atomically into ``directory``."""
         from safetensors.torch import save_file
 
-        from ..engine.checkpoint import atomic_write
+        from ..core.io import atomic_write
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..evaluation.metrics import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
 
 
 def downscale_label_ratio(labels: Tensor, size: tuple[int, int], min_ratio: float, num_classes: int) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..evaluation.metrics import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
 
 
 def classmix_masks(src_labels: Tensor, must_include: Tensor | None = None,

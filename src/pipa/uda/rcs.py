@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..evaluation.metrics import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
 
 
 def class_pixel_counts(dataset: Dataset, num_classes: int) -> Tensor:
@@ -37,7 +37,7 @@ def cached_class_counts(dataset: Dataset, num_classes: int, cache: Path | None, 
             return torch.tensor(data["counts"], dtype=torch.int64)
     counts = class_pixel_counts(dataset, num_classes)
     if cache is not None:
-        from ..engine.checkpoint import atomic_write
+        from ..core.io import atomic_write
 
         text = json.dumps({"key": key, "counts": counts.tolist()})
         atomic_write(cache, lambda p: Path(p).write_text(text))

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from ..evaluation.metrics import IGNORE_INDEX
+from ..core.constants import IGNORE_INDEX
 
 
 def ema_alpha(iteration: int, alpha: float) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-IGNORE_INDEX = 255
+from ...core.constants import IGNORE_INDEX
 
 
 @dataclass

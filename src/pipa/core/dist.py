@@ -1,4 +1,4 @@
-"""torchrun/DDP helpers. Single-process runs need no environment variables."""
+"""torchrun/DDP helpers (rank, world size, reductions). Single-process runs need no environment variables."""
 
 from __future__ import annotations
 

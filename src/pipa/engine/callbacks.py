@@ -1,0 +1,158 @@
+"""Side jobs of the training loop, each a small object called after every step: logging (progress
+bar, TensorBoard), debug image grids, periodic evaluation with best-model keeping, checkpoints.
+They run on rank 0 only, except evaluation (every rank evaluates its shard)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from ..config import Config, to_dict
+from ..evaluation.evaluate import EvalResult, evaluate
+from ..methods import UDAMethod
+from .checkpoint import FORMAT_VERSION, save_checkpoint
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    iteration: int = 0
+    best_miou: float = float("nan")  # best target-val mIoU over the periodic evaluations (oracle selection)
+    best_iteration: int = -1
+    train_seconds: float = 0.0
+
+
+class Clock:
+    """Wall time of the training loop: ``lap()`` adds the time since the last lap to
+    ``progress.train_seconds`` (a resumed run continues the count)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.t0 = progress, time.perf_counter()
+
+    def lap(self) -> None:
+        now = time.perf_counter()
+        self.progress.train_seconds += now - self.t0
+        self.t0 = now
+
+
+def say(progress: str, text: str) -> None:
+    """Print a status line unless progress output is off."""
+    if progress != "none":
+        print(text, flush=True)
+
+
+class Logger:
+    """Every ``log_interval`` steps (and the last): scalars to TensorBoard and, in ``log`` mode, a
+    line to stdout; in ``bar`` mode a tqdm bar updated every step."""
+
+    def __init__(self, cfg: Config, out: Path, progress: str, start: int, main: bool) -> None:
+        self.interval, self.total, self.name, self.progress = cfg.train.log_interval, cfg.train.iterations, out.name, progress
+        self.writer = None
+        self.bar = None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"))
+            if progress == "bar":
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, initial=start, desc=cfg.method.name, dynamic_ncols=True)
+        self.main = main
+
+    def __call__(self, done: int, loss: torch.Tensor, logs: dict[str, float], lr: float) -> None:
+        if self.main and (done % self.interval == 0 or done == self.total):
+            logs = {"loss/total": float(loss.detach()), **logs, "lr": lr}
+            if self.writer is not None:
+                for k, v in logs.items():
+                    self.writer.add_scalar(k, v, done)
+            if self.progress == "log":
+                say(self.progress, f"[{self.name}] it {done}/{self.total} loss {logs['loss/total']:.4f}")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Evaluator:
+    """Target-val evaluation: every ``eval_interval`` steps and at the end. Rank 0 keeps the best
+    weights in ``best/``, appends ``metrics.jsonl`` and logs ``val/mIoU``."""
+
+    def __init__(self, cfg: Config, method: UDAMethod, val: Dataset, device: torch.device,
+                 amp_dtype: torch.dtype | None, out: Path, progress: Progress, logger: Logger, mode: str,
+                 main: bool) -> None:
+        self.cfg, self.method, self.val, self.device, self.amp_dtype = cfg, method, val, device, amp_dtype
+        self.out, self.state, self.logger, self.mode, self.main = out, progress, logger, mode, main
+
+    def due(self, done: int) -> bool:
+        every = self.cfg.train.eval_interval
+        return every > 0 and done % every == 0 and done < self.cfg.train.iterations
+
+    def __call__(self, it: int) -> EvalResult:
+        model = self.method.export_model()
+        res = evaluate(model, self.val, self.cfg.model.num_classes, self.device, self.cfg.train.eval_batch_size,
+                       self.amp_dtype, protocol=self.cfg.eval)
+        if not self.main:
+            return res
+        if math.isnan(self.state.best_miou) or res.miou > self.state.best_miou:
+            self.state.best_miou, self.state.best_iteration = res.miou, it
+            model.save_pretrained(self.out / "best")
+        if self.logger.writer is not None:
+            self.logger.writer.add_scalar("val/mIoU", res.miou, it)
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"iteration": it, "miou": res.miou, "reported": res.subsets,
+                                 "per_class_iou": nan_none(res.per_class_iou)}) + "\n")
+        say(self.mode, f"[{self.out.name}] it {it}: target val mIoU {res.miou:.2f}")
+        return res
+
+
+class Checkpointer:
+    """Rank 0 writes ``checkpoint.pt`` atomically every ``checkpoint_interval`` steps and at the end:
+    method, optimiser, scheduler, scaler, RNG and stream states, progress and the config."""
+
+    def __init__(self, cfg: Config, path: Path, parts: dict[str, Any], streams_state: Callable[[], Any],
+                 progress: Progress, main: bool) -> None:
+        self.cfg, self.path, self.parts, self.streams_state = cfg, path, parts, streams_state
+        self.progress, self.main = progress, main
+
+    def due(self, done: int) -> bool:
+        every = self.cfg.train.checkpoint_interval
+        return every > 0 and done % every == 0 and done < self.cfg.train.iterations
+
+    def __call__(self, it: int) -> None:
+        if not self.main:
+            return
+        from ..core.rng import rng_state
+
+        p = self.progress
+        save_checkpoint(self.path, {
+            "format_version": FORMAT_VERSION, "iteration": it,
+            **{name: part.state_dict() for name, part in self.parts.items()},
+            "rng": rng_state(), "streams": self.streams_state(), "best_miou": p.best_miou,
+            "best_iteration": p.best_iteration, "train_seconds": p.train_seconds, "config": to_dict(self.cfg),
+        })
+
+
+def nan_none(xs: list[float]) -> list[float | None]:
+    """NaN -> None (JSON has no NaN), rounded to 4 decimals."""
+    return [None if math.isnan(x) else round(x, 4) for x in xs]
+
+
+def progress_mode(progress: str) -> str:
+    """``auto`` -> ``bar`` on a terminal, else ``log``."""
+    if progress == "auto":
+        return "bar" if sys.stderr.isatty() else "log"
+    return progress

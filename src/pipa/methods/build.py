@@ -1,0 +1,84 @@
+"""``build_method(cfg, model)``: the method named by ``cfg.method.name`` as a recipe plus terms.
+
+| name            | recipe                     | rare class sampling | terms                                   |
+|-----------------|----------------------------|---------------------|-----------------------------------------|
+| source_only     | SourceOnly                 |                     |                                         |
+| source_only_aug | SourceOnly (augmented)     |                     |                                         |
+| oracle          | SourceOnly (target labels) |                     |                                         |
+| self_training   | SelfTraining (DACS)        |                     |                                         |
+| daformer        | SelfTraining               | yes                 | feature_distance                        |
+| mic             | SelfTraining               | yes                 | feature_distance, masked_consistency    |
+| pipa            | ``method.pipa.base``'s     | as the base         | the base's + pixel, patch (+ temporal on clips) |
+| pipa_video      | as pipa, target clips required                                                         |
+
+A term whose weight is 0 is not built. ``method.terms`` appends more terms to any method.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from ..config import Config, ConfigError, MethodName
+from ..models import Segmentor
+from .method import UDAMethod
+from .recipes import Recipe, SelfTraining, SourceOnly
+from .terms import TERMS, SharedModules, Term, pixel_embedding
+
+METHODS: tuple[str, ...] = get_args(MethodName)  # every value method.name may take
+
+# (name, weight, start) of a method's own terms, read from their config sections
+TermSpec = tuple[str, float, int]
+
+
+def base_terms(cfg: Config, base: str) -> list[TermSpec]:
+    """The terms that make ``base`` out of the self-training recipe (DAFormer's FD, MIC's masking)."""
+    m = cfg.method
+    specs: list[TermSpec] = []
+    if base in ("daformer", "mic"):
+        specs.append(("feature_distance", m.fd.weight, 0))
+    if base == "mic":
+        specs.append(("masked_consistency", m.mic.weight, 0))
+    return specs
+
+
+def pipa_terms(cfg: Config) -> list[TermSpec]:
+    """L_pix, L_patch and L_temp with their weights and start iterations (``method.pipa.*``)."""
+    p = cfg.method.pipa
+    return [("pixel_contrast", p.pixel.weight, p.pixel.start), ("patch_contrast", p.patch.weight, p.patch.start),
+            ("temporal_contrast", p.temporal.weight, p.temporal.start)]
+
+
+def build_recipe(cfg: Config, model: Segmentor, name: str) -> Recipe:
+    """The base recipe of method ``name`` (``pipa*`` take ``method.pipa.base``'s)."""
+    m, seed = cfg.method, cfg.train.seed
+    if name in ("source_only", "oracle", "source_only_aug"):
+        return SourceOnly(m.aug, seed, augment_source=name == "source_only_aug")
+    return SelfTraining(model, m.teacher, m.aug, seed)
+
+
+def build_method(cfg: Config, model: Segmentor) -> UDAMethod:
+    """The method of ``cfg.method.name`` plus ``cfg.method.terms``, around the student ``model``."""
+    name = cfg.method.name
+    pipa = name in ("pipa", "pipa_video")
+    base = cfg.method.pipa.base if pipa else name
+    recipe = build_recipe(cfg, model, base)
+    specs = base_terms(cfg, base) + (pipa_terms(cfg) if pipa else [])
+    own = {n for n, _, _ in specs}
+    for i, extra in enumerate(cfg.method.terms):
+        if extra.name in own:
+            raise ConfigError(f"config key 'method.terms[{i}].name': '{extra.name}' is already a term of "
+                              f"method '{name}' (set its weight in its own section)")
+        specs.append((extra.name, extra.weight, extra.start))
+    shared = SharedModules()
+    if any(n in ("pixel_contrast", "temporal_contrast") and w > 0 for n, w, _ in specs):
+        pixel_embedding(cfg, model, shared)  # created first: its initial weights do not depend on term order
+    terms: list[Term] = []
+    for term_name, weight, start in specs:
+        if weight <= 0:
+            continue
+        if term_name not in TERMS:
+            raise ConfigError(f"unknown term '{term_name}' (registered: {', '.join(sorted(TERMS))})")
+        terms.append(TERMS[term_name](cfg, model, shared, weight, start))
+    rcs = base in ("daformer", "mic")
+    return UDAMethod(model, recipe, terms, shared, rare_class_sampling=rcs, requires_clips=name == "pipa_video",
+                     name=name)

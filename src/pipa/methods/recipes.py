@@ -1,0 +1,112 @@
+"""Base recipes: the supervised and mean-teacher cores that every method starts from. A recipe runs
+the network passes of its own loss, returns ``(StepContext, loss, logs)``, and never calls
+``backward`` (the trainer does).
+
+- :class:`SourceOnly`: ``L = CE(student(x_s), y_s)`` (optionally on strongly augmented images).
+- :class:`SelfTraining` (DACS):
+    ``L = CE(student(x_s), y_s) + wCE(student(aug(ClassMix(x_s, x_t))), y_mix, w_mix)``
+  with pseudo-labels ``ȳ_t`` and quality weights ``q`` from the EMA teacher on ``x_t``.
+DAFormer and MIC are :class:`SelfTraining` plus rare class sampling and the terms
+``feature_distance`` / ``masked_consistency`` (``pipa.methods.terms``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import AugConfig, TeacherConfig
+from ..core.constants import IGNORE_INDEX
+from ..core.rng import step_generator
+from ..models import Segmentor
+from ..uda.augment import strong_augment
+from ..uda.mixing import classmix, classmix_masks
+from ..uda.teacher import EMATeacher, pseudo_label, weighted_ce
+from .context import Batch, Forward, StepContext
+
+
+class Recipe(nn.Module):
+    """A base recipe. ``uses_target``: does it need unlabelled target batches?"""
+
+    uses_target: ClassVar[bool] = False
+
+    def __init__(self, aug: AugConfig, seed: int) -> None:
+        super().__init__()
+        self.aug, self.seed = aug, seed
+
+    def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Strong colour jitter and blur (DACS), drawn from ``generator``. (B, 3, H, W) -> same."""
+        a = self.aug
+        return strong_augment(images, a.jitter_p, a.jitter_strength, a.blur_p, tuple(a.blur_sigma), generator)
+
+    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward
+                ) -> tuple[StepContext, Tensor, dict[str, float]]:
+        """One step's passes and loss: ``batch['source']`` (and ``batch['target']``) -> context,
+        scalar loss, logs."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, model: Segmentor, iteration: int) -> None:
+        """Called after the optimiser step (the teacher's EMA update)."""
+
+
+class SourceOnly(Recipe):
+    """``L = CE(student(x_s), y_s)``, 255 ignored; ``augment_source`` applies the strong
+    augmentation to the source images first (``source_only_aug``: separates what adaptation adds
+    from what augmentation adds)."""
+
+    def __init__(self, aug: AugConfig, seed: int, augment_source: bool = False) -> None:
+        super().__init__(aug, seed)
+        self.augment_source = augment_source
+
+    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward
+                ) -> tuple[StepContext, Tensor, dict[str, float]]:
+        src = batch["source"]
+        gen = step_generator(self.seed, iteration)
+        image = self.augment(src["image"], gen) if self.augment_source else src["image"]
+        out = student(image)
+        loss = F.cross_entropy(out.logits.float(), src["label"], ignore_index=IGNORE_INDEX)
+        ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out)
+        return ctx, loss, {"loss/source_ce": float(loss.detach())}
+
+
+class SelfTraining(Recipe):
+    """DACS: EMA teacher pseudo-labels + cross-domain ClassMix + strong augmentation (see module
+    docstring). Owns the teacher; with rare class sampling, the sampled class is always pasted."""
+
+    uses_target: ClassVar[bool] = True
+
+    def __init__(self, model: Segmentor, teacher: TeacherConfig, aug: AugConfig, seed: int) -> None:
+        super().__init__(aug, seed)
+        self.t = teacher
+        self.teacher = EMATeacher(model, teacher.alpha, teacher.mode, teacher.buffers)
+
+    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward
+                ) -> tuple[StepContext, Tensor, dict[str, float]]:
+        src, tgt, t = batch["source"], batch["target"], self.t
+        gen = step_generator(self.seed, iteration)
+        out_s = student(src["image"])
+        loss_src = F.cross_entropy(out_s.logits.float(), src["label"], ignore_index=IGNORE_INDEX)
+
+        out_t = self.teacher(tgt["image"])
+        pl, pw, conf = pseudo_label(out_t.logits, t.pseudo_threshold, t.weight, t.ignore_top, t.ignore_bottom)
+        mask = classmix_masks(src["label"], src.get("rcs_class"), gen)
+        mix_img, mix_lbl, mix_w = classmix(mask, src["image"], tgt["image"], src["label"], pl, pw)
+        mix_img = self.augment(mix_img, gen)
+        out_m = student(mix_img)
+        loss_mix = weighted_ce(out_m.logits, mix_lbl, mix_w)
+
+        ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out_s,
+                          tgt, self.teacher, out_t, pl, pw, conf, mask, mix_img, mix_lbl, mix_w, out_m)
+        logs = {"loss/source_ce": float(loss_src.detach()), "loss/mix_ce": float(loss_mix.detach()),
+                "pseudo/confident_fraction": float((conf > t.pseudo_threshold).float().mean()),
+                "pseudo/weight": float(pw.mean())}
+        return ctx, loss_src + loss_mix, logs
+
+    @torch.no_grad()
+    def after_step(self, model: Segmentor, iteration: int) -> None:
+        self.teacher.update(model, iteration)

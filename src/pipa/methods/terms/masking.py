@@ -1,0 +1,32 @@
+"""``masked_consistency`` (MIC): the student on a block-masked, augmented target image must
+reproduce the teacher's pseudo-labels, ``L_mic = wCE(student(M ⊙ aug(x_t)), ȳ_t, q)``."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ...config import MICConfig
+from ...uda.masking import block_mask
+from ...uda.teacher import weighted_ce
+from ..context import StepContext
+from .base import Logs, Term
+
+
+class MaskedConsistencyTerm(Term):
+    """One extra student pass on the masked target image; pseudo-labels from the context."""
+
+    name = "masked_consistency"
+
+    def __init__(self, cfg: MICConfig, weight: float, start: int = 0) -> None:
+        super().__init__(weight, start)
+        self.block_size, self.mask_ratio = cfg.block_size, cfg.mask_ratio
+
+    def applies(self, ctx: StepContext) -> bool:
+        return ctx.target is not None and super().applies(ctx)
+
+    def forward(self, ctx: StepContext) -> tuple[Tensor, Logs]:
+        assert ctx.target is not None and ctx.pseudo_label is not None and ctx.pseudo_weight is not None
+        img = ctx.augment(ctx.target["image"])
+        masked = img * block_mask(tuple(img.shape), self.block_size, self.mask_ratio, ctx.generator, img.device)
+        loss = weighted_ce(ctx.student(masked).logits, ctx.pseudo_label, ctx.pseudo_weight)
+        return loss, {"loss/mic_ce": float(loss.detach())}
