@@ -76,3 +76,101 @@ def test_every_shipped_preset_loads():
     cfg = load_config(Path(PRESET).parent / "gta2cs_daformer.yaml")
     assert (cfg.model.backbone, cfg.optim.lr, cfg.train.iterations, cfg.data.batch_size) == ("mit_b5", 6e-5, 40000, 2)
 
+
+
+# -- the schema walk: every enum, range and shape field rejects a bad value at load -------------
+import dataclasses  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import typing  # noqa: E402
+
+import yaml  # noqa: E402
+
+from pipa.config import Length, Range  # noqa: E402
+
+
+def _leaf_fields(cls=Config, prefix=""):
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        extras = list(typing.get_args(tp)[1:]) if typing.get_origin(tp) is typing.Annotated else []
+        base = typing.get_args(tp)[0] if extras else tp
+        args = [a for a in typing.get_args(base) if a is not type(None)]
+        inner = args[0] if typing.get_origin(base) in (typing.Union, __import__("types").UnionType) else base
+        if dataclasses.is_dataclass(inner):
+            yield from _leaf_fields(inner, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", inner, extras
+
+
+def _bad_values(inner, extras):
+    """Values that the schema must refuse for this field: one per constraint."""
+    bad = []
+    if typing.get_origin(inner) is typing.Literal:
+        bad.append("not_a_choice")
+    is_list = typing.get_origin(inner) is list
+    elem = typing.get_args(inner)[0] if is_list else inner
+    for a in extras:
+        if isinstance(a, Range):
+            v = (a.lo - 1 if not a.lo_open else a.lo) if a.lo is not None else a.hi + 1
+            v = int(v) if elem is int else float(v)
+            n = next((x.n for x in extras if isinstance(x, Length)), 1)
+            bad.append([v] * n if is_list else v)
+        if isinstance(a, Length):
+            good = 1 if elem is int else 0.5
+            bad.append([good] * (a.n + 1))
+    return bad
+
+
+CONSTRAINED = [(k, v) for k, inner, extras in _leaf_fields() for v in _bad_values(inner, extras)]
+
+
+def test_schema_walk_finds_the_constrained_fields():
+    keys = {k for k, _ in CONSTRAINED}
+    assert len(keys) >= 80  # a walk that found nothing would test nothing
+    for key in ("method.teacher.weight", "method.teacher.mode", "model.backbone", "data.source.name",
+                "data.source.flow_format", "data.source.on_error", "method.pipa.pixel.hard_ratio",
+                "method.pipa.patch.crop", "method.name", "optim.lr", "eval.stride"):
+        assert key in keys, key
+
+
+@pytest.mark.parametrize("key,value", CONSTRAINED, ids=[f"{k}={v}" for k, v in CONSTRAINED])
+def test_every_enum_range_and_shape_field_rejects_a_bad_value(key, value):
+    text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    with pytest.raises(ConfigError) as e:
+        load_config(PRESET, [f"{key}={text}"])
+    msg = str(e.value)
+    assert f"'{key}'" in msg and "\n" not in msg, msg
+
+
+def test_print_config_exits_2_at_once_naming_the_key():
+    """Through the command line, as a user meets it: exit code 2, one line naming key and value."""
+    from pipa.cli import main
+
+    for key, value in CONSTRAINED:
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        assert main(["print-config", "synthetic", f"{key}={text}"]) == 2, key
+    # and as a process (nothing is indexed or built: it returns within the interpreter start-up)
+    p = subprocess.run([sys.executable, "-m", "pipa", "print-config", "synthetic", "method.teacher.mode=evall"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == ("pipa: error: config key 'method.teacher.mode' must be one of train_bn, eval; "
+                                "got 'evall' (did you mean 'eval'?)")
+
+
+@pytest.mark.parametrize("text", ["3e-4", "6e-5", "1e3", "3.0e-4"])
+def test_exponent_numbers_are_numbers(text, tmp_path):
+    """YAML 1.1 reads 3e-4 (no dot) as a string; float fields take it as the number it is."""
+    assert load_config(PRESET, [f"optim.lr={text}"]).optim.lr == float(text)
+    p = tmp_path / "c.yaml"
+    p.write_text(f"optim:\n  lr: {text}\n")
+    assert load_config(p).optim.lr == float(text)
+
+
+def test_extra_terms_are_checked_at_load():
+    cfg = load_config(PRESET, ["method.name=mic", "method.terms=[{name: pixel_contrast, weight: 0.1, start: 5}]"])
+    assert (cfg.method.terms[0].name, cfg.method.terms[0].weight, cfg.method.terms[0].start) == ("pixel_contrast", 0.1, 5)
+    with pytest.raises(ConfigError, match=r"method.terms\[0\].name.*did you mean 'pixel_contrast'"):
+        load_config(PRESET, ["method.terms=[{name: pixel_contrst}]"])
+    with pytest.raises(ConfigError, match=r"method.terms\[0\].wieght"):
+        load_config(PRESET, ["method.terms=[{name: pixel_contrast, wieght: 1}]"])
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_config(PRESET, ["method.terms=[{name: pixel_contrast}, {name: pixel_contrast}]"])

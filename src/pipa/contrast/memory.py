@@ -57,6 +57,8 @@ class SemanticMemory(nn.Module):
 
     @torch.no_grad()
     def push(self, features: Tensor, labels: Tensor, gather: bool = True) -> None:
+        """Append rows (N, D) with labels (N,) to their class queues (255 rows dropped); under DDP the
+        rows of every rank are gathered first (``gather``), so all ranks hold the same memory."""
         if features.dim() != 2 or features.shape[1] != self.dim:
             raise ValueError(f"memory features must be (N, {self.dim}), got {tuple(features.shape)}")
         if labels.shape != features.shape[:1]:

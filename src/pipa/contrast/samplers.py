@@ -25,6 +25,7 @@ class Sample:
     hard_per_class: list[int] = field(default_factory=list)
 
     def logs(self, prefix: str, class_names: list[str] | None = None) -> dict[str, float]:
+        """Anchor and hard counts, in total and per class: ``{prefix}/anchors_{class}`` etc."""
         names = class_names or [str(c) for c in range(len(self.anchors_per_class))]
         out = {f"{prefix}/anchors": float(self.index.numel()), f"{prefix}/hard": float(self.hard.sum())}
         for c, name in enumerate(names):

@@ -24,6 +24,7 @@ class Box:
     w: int
 
     def area(self) -> int:
+        """Pixels in the box."""
         return self.h * self.w
 
     def cells(self, stride: int) -> tuple[slice, slice]:
@@ -35,6 +36,7 @@ class Box:
 
 
 def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
     ih = max(0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
     iw = max(0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
     inter = ih * iw

@@ -39,6 +39,7 @@ class Clock:
         self.progress, self.t0 = progress, time.perf_counter()
 
     def lap(self) -> None:
+        """Add the time since the last lap to ``train_seconds``."""
         now = time.perf_counter()
         self.progress.train_seconds += now - self.t0
         self.t0 = now
@@ -81,6 +82,7 @@ class Logger:
             self.bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
 
     def close(self) -> None:
+        """Close the progress bar and flush TensorBoard."""
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
@@ -98,6 +100,7 @@ class Evaluator:
         self.out, self.state, self.logger, self.mode, self.main = out, progress, logger, mode, main
 
     def due(self, done: int) -> bool:
+        """Is a periodic evaluation due after ``done`` steps (the final one is run by the trainer)?"""
         every = self.cfg.train.eval_interval
         return every > 0 and done % every == 0 and done < self.cfg.train.iterations
 
@@ -129,6 +132,7 @@ class Checkpointer:
         self.progress, self.main = progress, main
 
     def due(self, done: int) -> bool:
+        """Is a periodic checkpoint due after ``done`` steps (the final one is written by the trainer)?"""
         every = self.cfg.train.checkpoint_interval
         return every > 0 and done % every == 0 and done < self.cfg.train.iterations
 

@@ -89,6 +89,7 @@ class Streams:
         self.streams, self.flips = streams, flips
 
     def next(self, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+        """The next batch of every stream, flipped where configured, on ``device``."""
         batch = {}
         for k, s in self.streams.items():
             b = next(s)
@@ -96,4 +97,5 @@ class Streams:
         return batch
 
     def state(self) -> dict[str, list[int]]:
+        """Each stream's [epoch, offset], for the checkpoint."""
         return {k: s.state() for k, s in self.streams.items()}

@@ -27,7 +27,7 @@ from ..config import Config, dump_yaml, git_revision
 from ..core import dist as dist_utils
 from ..core.rng import seed_everything, set_rng_state
 from ..data.datasets import build_dataset
-from ..methods import UDAMethod, build_method
+from ..methods import UDAMethod, build_method, method_terms
 from ..models import build_segmentor
 from .callbacks import Checkpointer, Clock, Evaluator, Logger, Progress, progress_mode, say
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -37,6 +37,8 @@ from .streams import BatchStream, Streams
 
 @dataclass
 class TrainResult:
+    """What a run ended with: the last evaluation, timing, and the best periodic evaluation."""
+
     miou: float
     per_class_iou: list[float]
     iterations: int
@@ -105,6 +107,7 @@ class Run:
     class_names: list[str]
 
     def autocast(self) -> AbstractContextManager:
+        """Autocast to ``train.amp``'s dtype (a no-op when it is off)."""
         dtype = self.amp_dtype or torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
 
@@ -168,6 +171,7 @@ def finish(run: Run) -> TrainResult:
 def assemble(cfg: Config, resume: bool, mode: str) -> Run:
     """Datasets (indexing checks every file first), model, method, optimiser, resume, streams and
     side jobs of a run."""
+    method_terms(cfg)  # the method's terms are checked before minutes of dataset indexing
     device = select_device(cfg.train.device)
     rank, world = dist_utils.init_distributed(device)
     if device.type == "cuda":

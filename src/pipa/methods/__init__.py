@@ -4,11 +4,11 @@ The recipe fills a typed :class:`StepContext` that the terms read."""
 
 from __future__ import annotations
 
-from .build import METHODS, build_method
+from .build import METHODS, build_method, method_terms
 from .context import Batch, StepContext
 from .method import UDAMethod
 from .recipes import Recipe, SelfTraining, SourceOnly
 from .terms import TERMS, SharedModule, Term, register_term
 
 __all__ = ["METHODS", "TERMS", "Batch", "Recipe", "SelfTraining", "SharedModule", "SourceOnly", "StepContext", "Term",
-           "UDAMethod", "build_method", "register_term"]
+           "UDAMethod", "build_method", "method_terms", "register_term"]

@@ -22,7 +22,7 @@ from ..config import Config, ConfigError, MethodName
 from ..models import Segmentor
 from .method import UDAMethod
 from .recipes import Recipe, SelfTraining, SourceOnly
-from .terms import TERMS, SharedModules, Term, pixel_embedding
+from .terms import TERMS, SharedModules, pixel_embedding
 
 METHODS: tuple[str, ...] = get_args(MethodName)  # every value method.name may take
 
@@ -56,29 +56,32 @@ def build_recipe(cfg: Config, model: Segmentor, name: str) -> Recipe:
     return SelfTraining(model, m.teacher, m.aug, seed)
 
 
-def build_method(cfg: Config, model: Segmentor) -> UDAMethod:
-    """The method of ``cfg.method.name`` plus ``cfg.method.terms``, around the student ``model``."""
+def method_terms(cfg: Config) -> list[TermSpec]:
+    """The (name, weight, start) of every term of the configured method, its own first, then
+    ``method.terms``; checked without building anything (the trainer calls it before indexing)."""
     name = cfg.method.name
     pipa = name in ("pipa", "pipa_video")
-    base = cfg.method.pipa.base if pipa else name
-    recipe = build_recipe(cfg, model, base)
-    specs = base_terms(cfg, base) + (pipa_terms(cfg) if pipa else [])
+    specs = base_terms(cfg, cfg.method.pipa.base if pipa else name) + (pipa_terms(cfg) if pipa else [])
     own = {n for n, _, _ in specs}
     for i, extra in enumerate(cfg.method.terms):
         if extra.name in own:
             raise ConfigError(f"config key 'method.terms[{i}].name': '{extra.name}' is already a term of "
                               f"method '{name}' (set its weight in its own section)")
+        if extra.name not in TERMS:
+            raise ConfigError(f"config key 'method.terms[{i}].name': no term '{extra.name}' is registered "
+                              f"(registered: {', '.join(sorted(TERMS))})")
         specs.append((extra.name, extra.weight, extra.start))
+    return specs
+
+
+def build_method(cfg: Config, model: Segmentor) -> UDAMethod:
+    """The method of ``cfg.method.name`` plus ``cfg.method.terms``, around the student ``model``."""
+    name = cfg.method.name
+    base = cfg.method.pipa.base if name in ("pipa", "pipa_video") else name
+    specs = [s for s in method_terms(cfg) if s[1] > 0]  # a term of weight 0 is not built
     shared = SharedModules()
-    if any(n in ("pixel_contrast", "temporal_contrast") and w > 0 for n, w, _ in specs):
+    if any(n in ("pixel_contrast", "temporal_contrast") for n, _, _ in specs):
         pixel_embedding(cfg, model, shared)  # created first: its initial weights do not depend on term order
-    terms: list[Term] = []
-    for term_name, weight, start in specs:
-        if weight <= 0:
-            continue
-        if term_name not in TERMS:
-            raise ConfigError(f"unknown term '{term_name}' (registered: {', '.join(sorted(TERMS))})")
-        terms.append(TERMS[term_name](cfg, model, shared, weight, start))
-    rcs = base in ("daformer", "mic")
-    return UDAMethod(model, recipe, terms, shared, rare_class_sampling=rcs, requires_clips=name == "pipa_video",
-                     name=name)
+    terms = [TERMS[term](cfg, model, shared, weight, start) for term, weight, start in specs]
+    return UDAMethod(model, build_recipe(cfg, model, base), terms, shared, rare_class_sampling=base in ("daformer", "mic"),
+                     requires_clips=name == "pipa_video", name=name)

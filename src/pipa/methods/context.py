@@ -65,6 +65,7 @@ class StepContext:
     # -- derived per-step quantities (computed once, shared by the terms) ------------------------
     @property
     def num_classes(self) -> int:
+        """K, the number of classes."""
         return self.model.num_classes
 
     @property

@@ -104,6 +104,8 @@ class MiTEncoder(nn.Module):
 
 
 def build_encoder(name: str, pretrained: str | None = None) -> nn.Module:
+    """The encoder ``name`` (``conv_small``/``conv_base`` or an MiT preset), optionally with pretrained
+    weights (MiT: a hub id or local folder). Its ``channels`` lists the widths at strides 4..32."""
     if name == "conv_small":
         if pretrained:
             raise ValueError("model.pretrained is only supported for MiT backbones")

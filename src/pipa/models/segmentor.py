@@ -55,6 +55,7 @@ class Segmentor(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """K, the number of classes."""
         return self.cfg.num_classes
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -62,12 +63,15 @@ class Segmentor(nn.Module):
         return [*self.decoder.parameters(), *self.classifier.parameters()]
 
     def normalize(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 3, H, W) standardised with ``pixel_mean``/``pixel_std``."""
         return (images - self.pixel_mean) / self.pixel_std
 
     def forward_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, C, H/4, W/4) fused decoder features."""
         return self.decoder(self.encoder(self.normalize(images)))
 
     def classify(self, features: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B, C, h, w) features -> (B, K, *size) logits (dropout, 1x1 classifier, bilinear upsampling)."""
         logits = self.classifier(self.dropout(features))
         return F.interpolate(logits, size, mode="bilinear", align_corners=False)
 
@@ -133,8 +137,10 @@ class Segmentor(nn.Module):
 
 
 def build_segmentor(cfg: ModelConfig, class_names: list[str] | None = None) -> Segmentor:
+    """A :class:`Segmentor` from ``model.*`` settings (and the dataset's class names)."""
     return Segmentor(cfg, class_names)
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module`` (shared ones counted once)."""
     return sum(p.numel() for p in module.parameters())

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 
 def has_batch_norm(model: nn.Module) -> bool:
+    """Does ``model`` hold any batch-norm layer (AdaBN has something to adapt)?"""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 

@@ -68,6 +68,7 @@ class RareClassSampler:
         self.probs = self.probs / self.probs.sum()
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[list[int], list[int]]:
+        """Draw ``n`` classes by ``P(c)``, then for each an image holding it: (image indices, classes)."""
         classes = torch.multinomial(self.probs.float(), n, replacement=True, generator=generator).tolist()
         idx = []
         for c in classes:

@@ -37,6 +37,7 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student: nn.Module, iteration: int) -> None:
+        """``θ̄ ← α_t θ̄ + (1-α_t) θ`` with the warm-up ``α_t`` of :func:`ema_alpha`; buffers copied or averaged."""
         a = ema_alpha(iteration, self.alpha)
         t_params = list(self.ema.parameters())
         s_params = [p.detach() for p in student.parameters()]

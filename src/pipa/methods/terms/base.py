@@ -77,6 +77,7 @@ class SharedModules(nn.ModuleDict):
     registered once, at the method (terms keep plain references)."""
 
     def get_or_create(self, key: str, make: Callable[[], SharedModule]) -> SharedModule:
+        """The module under ``key``, made with ``make()`` and registered on first use."""
         if key not in self:
             self[key] = make()
         module = self[key]
@@ -84,4 +85,5 @@ class SharedModules(nn.ModuleDict):
         return module
 
     def members(self) -> list[SharedModule]:
+        """The shared modules, in creation order."""
         return [m for m in self.values() if isinstance(m, SharedModule)]
