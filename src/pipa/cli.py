@@ -10,21 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).parent / "configs"
-
-
 def _resolve_config(name: str) -> Path:
     """A YAML path, or the name of a preset shipped with pipa (``synthetic``)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (PRESET_DIR / name, PRESET_DIR / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    from .config import ConfigError
+    from .config import resolve_preset
 
-    presets = ", ".join(sorted(q.stem for q in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file not found: {name} (presets: {presets})")
+    return resolve_preset(name)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -32,10 +22,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .core import dist as distributed
     from .engine.trainer import train
 
+    from .engine.callbacks import Preempted
+
     cfg = load_config(_resolve_config(args.config), args.overrides)
     try:
-        res = train(cfg, resume=args.resume)
+        res = train(cfg, resume=args.resume, allow_changes=args.allow_changes)
         main_rank = distributed.rank() == 0
+    except Preempted as exc:  # SIGTERM: a checkpoint was written; the exit code says "terminated"
+        print(f"pipa: {exc}", file=sys.stderr, flush=True)
+        return 143
     finally:
         distributed.cleanup()
     if main_rank:
@@ -139,7 +134,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     names = json.loads(old.read_text()).get("class_names") if old.is_file() else None
     model = build_segmentor(dataclasses.replace(cfg.model, pretrained=None), names)
     model.load_state_dict(state)
-    model.save_pretrained(args.out)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise FileExistsError(f"{out} is not empty: choose an empty or new folder, or pass --overwrite")
+    model.save_pretrained(out)
     print(f"wrote the {args.which} of iteration {ckpt['iteration']} to {args.out}")
     return 0
 
@@ -209,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML file or preset name (e.g. synthetic)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=2000")
     t.add_argument("--resume", action="store_true", help="continue from train.out_dir/checkpoint.pt")
+    t.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept method/model/data settings that differ from the run's")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run folder or exported weights (mIoU, per-class IoU)")
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", help="run folder or checkpoint.pt")
     ex.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
     ex.add_argument("--which", choices=["student", "teacher"], default="student")
+    ex.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
     ex.set_defaults(func=cmd_export)
 
     pc = sub.add_parser("print-config", help="print the resolved config")
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (ConfigError, DatasetError, OSError, ValueError, RuntimeError) as exc:
+    except (ConfigError, DatasetError, OSError, ValueError, RuntimeError, FloatingPointError) as exc:
         if os.environ.get("PIPA_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -479,6 +479,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_preset(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A YAML path (relative to ``relative_to``'s folder if given), or the name of a preset shipped
+    with pipa (``synthetic``, ``gta2cs_daformer.yaml``)."""
+    p = Path(name)
+    candidates = [relative_to.parent / p] if relative_to is not None and not p.is_absolute() else []
+    candidates += [p, PRESET_DIR / p, PRESET_DIR / f"{p}.yaml"]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    presets = ", ".join(sorted(q.stem for q in PRESET_DIR.glob("*.yaml")))
+    where = f" (in {relative_to})" if relative_to is not None else ""
+    raise ConfigError(f"config file not found: {name}{where}; shipped presets: {presets}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from an optional YAML preset plus ``key=value`` overrides."""
     cfg = Config()
@@ -487,7 +504,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         data = _read_yaml(path)
         base = data.pop("base", None)
         if base is not None:
-            base_path = (path.parent / str(base)).resolve()
+            base_path = resolve_preset(str(base), path)
             base_data = _read_yaml(base_path)
             if "base" in base_data:
                 raise ConfigError(f"{base_path}: 'base' presets may not have a base of their own (one level only)")
@@ -509,6 +526,12 @@ def validate(cfg: Config) -> None:
     iou = cfg.method.pipa.patch.iou
     if iou[0] > iou[1]:
         raise ConfigError(f"config key 'method.pipa.patch.iou' must be [low, high] with low <= high, got {iou}")
+    for role in ("source", "target", "val"):
+        ds = getattr(cfg.data, role)
+        for key in ("resize", "crop"):
+            if ds is not None and ds.name == "synthetic" and getattr(ds, key) is not None:
+                raise ConfigError(f"config key 'data.{role}.{key}' does not apply to the synthetic benchmark (it is "
+                                  f"rendered at data.{role}.height x width): set those instead")
     K = cfg.model.num_classes
     bad = [c for c in cfg.method.fd.classes if c >= K]
     if bad:

@@ -12,18 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..config import DatasetConfig
 from . import synthetic
-from .io import DatasetError
+from .benchmarks import FolderDataset
+from .io import DatasetError, default_cache_dir
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("PIPA_CACHE", Path.home() / ".cache" / "pipa"))
 
 
 class SyntheticDataset(Dataset):
@@ -120,83 +116,6 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         pass  # the cache is an optimisation: a read-only home must not stop training
 
 
-class FolderDataset(Dataset):
-    """A user's own data: ``root/images[/split]/NAME.ext`` with ``root/labels[/split]/NAME.png``
-    holding class ids (255 = ignore). ``root/meta.json`` may give ``class_names`` (and ``palette``).
-
-    Problems are found when the dataset is indexed: ``on_error='raise'`` stops with a one-line
-    error naming the file, ``'skip'`` leaves the file out and lists it in ``problems``."""
-
-    def __init__(self, root: str | Path, split: str | None = None, num_classes: int | None = None,
-                 labelled: bool = True, on_error: str = "raise") -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DatasetError(f"dataset folder not found: {self.root}")
-        meta_path = self.root / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        self.class_names = list(meta.get("class_names") or [str(i) for i in range(num_classes or 0)])
-        self.palette = meta.get("palette")
-        self.num_classes = num_classes or len(self.class_names)
-        if not self.num_classes:
-            raise DatasetError(f"{self.root}: give num_classes or a meta.json with class_names")
-        img_dir = self.root / "images" / split if split else self.root / "images"
-        lab_dir = self.root / "labels" / split if split else self.root / "labels"
-        if not img_dir.is_dir():
-            raise DatasetError(f"image folder not found: {img_dir}")
-        self.problems: list[dict[str, str]] = []
-        self.items: list[tuple[Path, Path | None]] = []
-        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
-            lab = lab_dir / (img.stem + ".png") if labelled else None
-            problem = self._check(img, lab)
-            if problem:
-                if on_error == "raise":
-                    raise DatasetError(f"{problem[0]}: {problem[1]}")
-                self.problems.append({"file": str(problem[0]), "problem": problem[1]})
-                continue
-            self.items.append((img, lab))
-        if not self.items:
-            raise DatasetError(f"no usable images in {img_dir}")
-
-    @staticmethod
-    def _check(img: Path, lab: Path | None) -> tuple[Path, str] | None:
-        try:
-            with Image.open(img) as im:
-                size = im.size
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            return img, f"unreadable image ({type(exc).__name__})"
-        if lab is None:
-            return None
-        if not lab.is_file():
-            return lab, "missing label file"
-        try:
-            with Image.open(lab) as lm:
-                lsize = lm.size
-                lm.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            return lab, f"unreadable label ({type(exc).__name__})"
-        if lsize != size:
-            return lab, f"label size {lsize[0]}x{lsize[1]} != image size {size[0]}x{size[1]}"
-        return None
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        img_path, lab_path = self.items[index]
-        image = np.asarray(Image.open(img_path).convert("RGB"))
-        out: dict[str, Any] = {"image": torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255}
-        if lab_path is not None:
-            label = np.asarray(Image.open(lab_path))
-            if label.ndim != 2:
-                raise DatasetError(f"{lab_path}: label must be a single-channel class-id PNG")
-            bad = (label != 255) & (label >= self.num_classes)
-            if bad.any():
-                raise DatasetError(f"{lab_path}: label value {int(label[bad][0])} outside 0..{self.num_classes - 1} and not 255")
-            out["label"] = torch.from_numpy(label.astype(np.int64))
-        return out
-
-
 def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = None, labelled: bool = True,
                   progress: bool = False) -> Dataset:
     """Dataset from its config (``synthetic`` or ``folder``)."""
@@ -208,7 +127,9 @@ def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = 
     if cfg.name == "folder" and not cfg.mapping and not (cfg.root and (Path(cfg.root) / "mapping.json").is_file()):
         if not cfg.root:
             raise DatasetError("a folder dataset needs data.<which>.root")
-        return FolderDataset(cfg.root, cfg.split or None, num_classes, labelled, cfg.on_error)
+        return FolderDataset(cfg.root, cfg.split or None, num_classes, labelled, cfg.on_error,
+                             resize=tuple(cfg.resize) if cfg.resize else None, crop=tuple(cfg.crop) if cfg.crop else None,
+                             verify_labels=cfg.verify_labels)
     return build_real_dataset(cfg, num_classes, labelled)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+import os
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -41,6 +42,11 @@ def _with_image(path: str | Path, failure: str, read: Callable[[Image.Image], T]
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: {failure} ({exc})") from None
+
+
+def default_cache_dir() -> Path:
+    """Where pipa caches rendered benchmarks and label checks (``$PIPA_CACHE``, else ~/.cache/pipa)."""
+    return Path(os.environ.get("PIPA_CACHE", Path.home() / ".cache" / "pipa"))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

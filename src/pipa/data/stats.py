@@ -69,6 +69,10 @@ def dataset_stats(ds: Any) -> dict[str, Any]:
             problems.append({"file": file, "problem": why or str(exc)})
             continue
         lab = lab[lab != 255]
+        if lab.size == 0:  # trains nothing: every pixel is ignore (reported; training gives it zero loss)
+            entries = getattr(ds, "entries", None)
+            file = str(entries[i].label) if entries is not None else f"item {i}"
+            problems.append({"file": file, "problem": "label has no valid pixel (every value is 255)"})
         counts += np.bincount(lab.astype(np.int64).reshape(-1), minlength=K)[:K]
     return {"num_images": n, "class_names": names, "pixel_counts": {c: int(v) for c, v in zip(names, counts)},
             "problems": problems}

@@ -141,6 +141,10 @@ class Checkpointer:
             return
         from ..core.rng import rng_state
 
+        bad = nonfinite_tensors(self.parts["method"].state_dict())
+        if bad:  # never replace a good checkpoint with poisoned weights
+            raise FloatingPointError(f"non-finite values in {len(bad)} tensors of the training state at iteration {it} "
+                                     f"(first: {', '.join(bad[:3])}); {self.last_good()}")
         p = self.progress
         save_checkpoint(self.path, {
             "format_version": FORMAT_VERSION, "iteration": it,
@@ -148,6 +152,71 @@ class Checkpointer:
             "rng": rng_state(), "streams": self.streams_state(), "best_miou": p.best_miou,
             "best_iteration": p.best_iteration, "train_seconds": p.train_seconds, "config": to_dict(self.cfg),
         })
+
+
+    def last_good(self) -> str:
+        """What is left to resume from, in words (for error messages)."""
+        if not self.path.is_file():
+            return "no checkpoint was written yet"
+        return f"the last checkpoint ({self.path}) is intact: fix the cause (a lower optim.lr?) and continue with --resume"
+
+
+class StopSignal:
+    """SIGTERM (what job schedulers send before killing a job) and SIGINT-free graceful stop: the
+    handler only sets a flag; the loop checks it after each step, writes a checkpoint and stops.
+    Under DDP the flag is all-reduced so every rank stops after the same step."""
+
+    def __init__(self) -> None:
+        self.flag, self._previous = False, None
+
+    def __enter__(self) -> "StopSignal":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.flag = True
+
+    def requested(self, world: int, device: torch.device) -> bool:
+        """Has any rank received SIGTERM? (one tiny all-reduce per step under DDP, none otherwise)"""
+        if world == 1:
+            return self.flag
+        t = torch.tensor([float(self.flag)], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM after writing a checkpoint."""
+
+
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of a state dict holding NaN or inf."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def write_skipped(out: Path, datasets: dict[str, Any], mode: str) -> None:
+    """With ``on_error=skip``: print how many files each dataset left out and list them in
+    ``skipped.json`` (file and reason) in the run folder."""
+    skipped = {role: list(getattr(ds, "problems", [])) for role, ds in datasets.items() if ds is not None}
+    skipped = {role: probs for role, probs in skipped.items() if probs}
+    path = out / "skipped.json"
+    if not skipped:
+        path.unlink(missing_ok=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(skipped, indent=2))
+    counts = ", ".join(f"{len(p)} {role}" for role, p in skipped.items())
+    print(f"[{out.name}] skipped {counts} file(s) with problems (data.*.on_error=skip): see {path}", flush=True)
 
 
 def nan_none(xs: list[float]) -> list[float | None]:

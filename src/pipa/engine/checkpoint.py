@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,27 @@ from ..core.io import atomic_write
 CHECKPOINT_NAME = "checkpoint.pt"
 # 2: the method state is recipe (student, teacher) + terms (heads, frozen encoder) + shared memory
 FORMAT_VERSION = 2
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.checkpoint.pt.tmp-PID`` files left by a process killed mid-write (PID not alive)."""
+    removed = []
+    for tmp in folder.glob(f".{CHECKPOINT_NAME}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -25,10 +47,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise RuntimeError(f"cannot read checkpoint {path}: the file is empty (0 bytes); delete it to start again")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt files
-        raise RuntimeError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RuntimeError(f"cannot read checkpoint {path}: {first}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         found = state.get("format_version") if isinstance(state, dict) else None
         raise RuntimeError(f"{path} is not a pipa training checkpoint of format {FORMAT_VERSION} (found {found!r})")

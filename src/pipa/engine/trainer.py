@@ -11,6 +11,7 @@ checkpoints; each rank gets its own seed (``train.seed + rank``) and its shard o
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
@@ -23,14 +24,15 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import __version__
-from ..config import Config, dump_yaml, git_revision
+from ..config import Config, ConfigError, dump_yaml, git_revision
 from ..core import dist as dist_utils
 from ..core.rng import seed_everything, set_rng_state
 from ..data.datasets import build_dataset
 from ..methods import UDAMethod, build_method, method_terms
 from ..models import build_segmentor
-from .callbacks import Checkpointer, Clock, Evaluator, Logger, Progress, progress_mode, say
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .callbacks import (Checkpointer, Clock, Evaluator, Logger, Preempted, Progress, StopSignal, progress_mode, say,
+                        write_skipped)
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_stale_temporaries
 from .schedule import lr_factor
 from .streams import BatchStream, Streams
 
@@ -105,6 +107,7 @@ class Run:
     checkpointer: Checkpointer
     debug: Callable[[dict[str, torch.Tensor], int], None] | None  # debug image grids
     class_names: list[str]
+    stop: StopSignal
 
     def autocast(self) -> AbstractContextManager:
         """Autocast to ``train.amp``'s dtype (a no-op when it is off)."""
@@ -124,33 +127,47 @@ class Run:
         self.scheduler.step()
 
 
-def train(cfg: Config, resume: bool = False, progress: str = "auto") -> TrainResult:
-    """Train ``cfg.method`` and evaluate on ``cfg.data.val``. ``progress``: auto | bar | log | none."""
-    run = assemble(cfg, resume, progress_mode(progress))
+def train(cfg: Config, resume: bool = False, progress: str = "auto", allow_changes: bool = False) -> TrainResult:
+    """Train ``cfg.method`` and evaluate on ``cfg.data.val``. ``progress``: auto | bar | log | none.
+    ``resume``: continue from the run folder's checkpoint (``allow_changes``: even if the method,
+    model or data settings differ from the run's)."""
+    run = assemble(cfg, resume, progress_mode(progress), allow_changes)
     method, total = run.method, cfg.train.iterations
     clock = Clock(run.progress)
     method.train()
-    for it in range(run.progress.iteration, total):
-        batch = run.streams.next(run.device)
-        with run.autocast():
-            loss, logs = method.step(batch, it)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at iteration {it}; the last checkpoint in {run.out} "
-                                     "is intact")
-        run.optimise(loss)
-        method.after_step(it)
-        done = it + 1
-        run.logger(done, loss, logs, run.optimizer.param_groups[0]["lr"])
-        if run.debug is not None and done % cfg.train.debug_interval == 0:
-            run.debug(method.debug, done)
-        if run.evaluator.due(done):
-            run.evaluator(done)
-        if run.checkpointer.due(done):
-            clock.lap()
-            run.checkpointer(done)
-    clock.lap()
-    run.logger.close()
-    return finish(run)
+    with run.stop:  # SIGTERM: finish the step, write a checkpoint, stop (Preempted)
+        for it in range(run.progress.iteration, total):
+            batch = run.streams.next(run.device)
+            with run.autocast():
+                loss, logs = method.step(batch, it)
+            if not torch.isfinite(loss):  # before the optimiser step: the weights stay as they were
+                raise nonfinite_loss(run, it + 1, loss, logs)
+            run.optimise(loss)
+            method.after_step(it)
+            done = it + 1
+            run.logger(done, loss, logs, run.optimizer.param_groups[0]["lr"])
+            if run.debug is not None and done % cfg.train.debug_interval == 0:
+                run.debug(method.debug, done)
+            if run.evaluator.due(done):
+                run.evaluator(done)
+            if run.checkpointer.due(done) or run.stop.requested(run.world, run.device):
+                clock.lap()
+                run.checkpointer(done)
+                if run.stop.flag:
+                    run.logger.close()
+                    raise Preempted(f"stopped by SIGTERM after iteration {done}; checkpoint written to {run.out}: "
+                                    "continue with --resume")
+        clock.lap()
+        run.logger.close()
+        return finish(run)
+
+
+def nonfinite_loss(run: Run, iteration: int, loss: torch.Tensor, logs: dict[str, float]) -> FloatingPointError:
+    """The error for a non-finite loss at (1-based, as logged) ``iteration``, naming the terms."""
+    terms = [f"{k}={v}" for k, v in logs.items() if k.startswith("loss/") and not math.isfinite(v)]
+    which = f" ({', '.join(terms)})" if terms else ""
+    return FloatingPointError(f"loss is {float(loss.detach())} at iteration {iteration}{which}, stopped before the optimiser "
+                              f"step; {run.checkpointer.last_good()}")
 
 
 def finish(run: Run) -> TrainResult:
@@ -168,7 +185,7 @@ def finish(run: Run) -> TrainResult:
                        res.confusion.tolist(), p.best_miou, p.best_iteration)
 
 
-def assemble(cfg: Config, resume: bool, mode: str) -> Run:
+def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) -> Run:
     """Datasets (indexing checks every file first), model, method, optimiser, resume, streams and
     side jobs of a run."""
     method_terms(cfg)  # the method's terms are checked before minutes of dataset indexing
@@ -182,6 +199,10 @@ def assemble(cfg: Config, resume: bool, mode: str) -> Run:
     source = build_dataset(cfg.data.source, K, cfg.data.cache_dir, labelled=True, progress=bars)
     val = build_dataset(cfg.data.val, K, cfg.data.cache_dir, labelled=True, progress=bars)
     class_names = list(getattr(source, "class_names", [str(i) for i in range(K)]))
+    if main:
+        removed = remove_stale_temporaries(out) if out.is_dir() else []
+        if removed:
+            say(mode, f"[{out.name}] removed {len(removed)} partial checkpoint file(s) of a killed run")
 
     seed_everything(cfg.train.seed + rank)
     method = build_method(cfg, build_segmentor(cfg.model, class_names)).to(device)
@@ -190,6 +211,8 @@ def assemble(cfg: Config, resume: bool, mode: str) -> Run:
         if cfg.data.target is None:
             raise ValueError(f"method '{cfg.method.name}' needs data.target")
         target = build_dataset(cfg.data.target, K, cfg.data.cache_dir, labelled=False, progress=bars)
+    if main:
+        write_skipped(out, {"source": source, "target": target, "val": val}, mode)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -205,7 +228,7 @@ def assemble(cfg: Config, resume: bool, mode: str) -> Run:
     amp_dtype, use_scaler = amp_settings(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     parts = {"method": method, "optimizer": optim, "scheduler": sched, "scaler": scaler}
-    progress, streams_state = restore(cfg, out, parts, resume, device, rank, world, main)
+    progress, streams_state = restore(cfg, out, parts, resume, device, rank, world, main, allow_changes)
 
     streams = build_streams(cfg, method, source, target, streams_state, rank, world, out, class_names, mode, main)
     if main:
@@ -219,19 +242,21 @@ def assemble(cfg: Config, resume: bool, mode: str) -> Run:
 
         debug = DebugImages(out / "debug", logger.writer, getattr(source, "palette", None), K)
     return Run(cfg, device, world, main, out, method, optim, sched, scaler, amp_dtype, streams, progress, logger,
-               evaluator, checkpointer, debug, class_names)
+               evaluator, checkpointer, debug, class_names, StopSignal())
 
 
 def restore(cfg: Config, out: Path, parts: dict, resume: bool, device: torch.device, rank: int, world: int,
-            main: bool) -> tuple[Progress, dict[str, list[int]]]:
+            main: bool, allow_changes: bool = False) -> tuple[Progress, dict[str, list[int]]]:
     """Load ``checkpoint.pt`` into ``parts`` with ``resume``; refuse to overwrite one without it.
     Returns the progress and the stream states to continue from."""
     ckpt = out / CHECKPOINT_NAME
     progress, streams_state = Progress(), {}
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt, device)
+        check_resume_config(cfg, state["config"], state["iteration"], out, allow_changes, main)
         for name, part in parts.items():
             part.load_state_dict(state[name])
+        apply_optim_settings(parts["optimizer"], parts["scheduler"], cfg)  # allowed changes take effect
         progress = Progress(state["iteration"], state["best_miou"], int(state.get("best_iteration", -1)),
                             state["train_seconds"])
         streams_state = state["streams"]
@@ -246,9 +271,77 @@ def restore(cfg: Config, out: Path, parts: dict, resume: bool, device: torch.dev
     elif ckpt.is_file() and not cfg.train.overwrite:
         raise FileExistsError(f"{ckpt} exists: continue it with --resume, or start again with "
                               "train.overwrite=true (or another train.out_dir)")
-    if progress.iteration == 0 and main and (out / "metrics.jsonl").is_file():
-        (out / "metrics.jsonl").unlink()  # a fresh start: the old metrics describe another run
+    if main:
+        trim_metrics(out / "metrics.jsonl", progress.iteration)
     return progress, streams_state
+
+
+def apply_optim_settings(optim: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                         cfg: Config) -> None:
+    """After loading a checkpoint: learning rates, betas and weight decay from ``cfg`` (the loaded
+    optimiser state carries the old run's), the schedule continuing at its iteration."""
+    o = cfg.optim
+    base = [o.lr if g.get("name") == "encoder" else o.lr * o.head_lr_mult for g in optim.param_groups]
+    sched.base_lrs = base  # type: ignore[attr-defined]
+    for g, lr, f in zip(optim.param_groups, base, sched.lr_lambdas):  # type: ignore[attr-defined]
+        g["initial_lr"], g["lr"] = lr, lr * f(sched.last_epoch)
+        g["betas"], g["weight_decay"] = tuple(o.betas), o.weight_decay
+
+
+# settings that do not change what is trained (where and how fast it runs, what is printed)
+NEUTRAL_KEYS = ("train.out_dir", "train.overwrite", "train.threads", "train.device", "train.log_interval",
+                "train.debug_interval", "train.eval_batch_size", "train.eval_interval", "train.checkpoint_interval",
+                "data.num_workers", "data.cache_dir")
+FIXED_SECTIONS = ("method.", "model.", "data.")  # a change here makes it another run
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(cfg: Config, saved: dict, iteration: int, out: Path, allow_changes: bool, main: bool) -> None:
+    """Compare the resumed run's config with the checkpoint's: method, model and data changes are
+    refused (unless ``allow_changes``); every change made is appended to ``config_changes.jsonl``."""
+    from ..config import to_dict
+
+    old, new = _flat(saved), _flat(to_dict(cfg))
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in NEUTRAL_KEYS}
+    fixed = [k for k in changed if k.startswith(FIXED_SECTIONS)]
+    if fixed and not allow_changes:
+        k = fixed[0]
+        raise ConfigError(f"--resume with a changed config: '{k}' was {changed[k][0]!r}, now {changed[k][1]!r}"
+                          f"{f' (and {len(fixed) - 1} more method/model/data keys)' if len(fixed) > 1 else ''}; "
+                          "resume with the run's config, start a new train.out_dir, or pass --allow-changes")
+    if changed and main:
+        with open(out / "config_changes.jsonl", "a") as fh:
+            fh.write(json.dumps({"resumed_at": iteration, "changes": {k: list(v) for k, v in changed.items()}}) + "\n")
+        print(f"resuming with {len(changed)} changed setting(s) (logged in config_changes.jsonl): "
+              + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:5]), flush=True)
+
+
+def trim_metrics(path: Path, iteration: int) -> None:
+    """Keep the metrics rows up to ``iteration`` (a run resumed there rewrites what came after; a
+    fresh start keeps none)."""
+    if not path.is_file():
+        return
+    rows = [r for r in path.read_text().splitlines() if r.strip()]
+    kept = [r for r in rows if _row_iteration(r) <= iteration] if iteration > 0 else []
+    if len(kept) != len(rows):
+        path.write_text("".join(r + "\n" for r in kept))
+
+
+def _row_iteration(row: str) -> int:
+    try:
+        return int(json.loads(row).get("iteration", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # an unreadable row (a write cut by a kill) is dropped
 
 
 def build_streams(cfg: Config, method: UDAMethod, source: Dataset, target: Dataset | None,

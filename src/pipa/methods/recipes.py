@@ -16,16 +16,14 @@ from functools import partial
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import AugConfig, TeacherConfig
-from ..core.constants import IGNORE_INDEX
 from ..core.rng import step_generator
 from ..models import Segmentor
 from ..uda.augment import strong_augment
 from ..uda.mixing import classmix, classmix_masks
-from ..uda.teacher import EMATeacher, pseudo_label, weighted_ce
+from ..uda.teacher import EMATeacher, empty_label_images, pseudo_label, supervised_ce, weighted_ce
 from .context import Batch, Forward, StepContext
 
 
@@ -69,9 +67,10 @@ class SourceOnly(Recipe):
         gen = step_generator(self.seed, iteration)
         image = self.augment(src["image"], gen) if self.augment_source else src["image"]
         out = student(image)
-        loss = F.cross_entropy(out.logits.float(), src["label"], ignore_index=IGNORE_INDEX)
+        loss = supervised_ce(out.logits, src["label"])
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out)
-        return ctx, loss, {"loss/source_ce": float(loss.detach())}
+        return ctx, loss, {"loss/source_ce": float(loss.detach()),
+                           "data/empty_label_images": float(empty_label_images(src["label"]))}
 
 
 class SelfTraining(Recipe):
@@ -90,7 +89,7 @@ class SelfTraining(Recipe):
         src, tgt, t = batch["source"], batch["target"], self.t
         gen = step_generator(self.seed, iteration)
         out_s = student(src["image"])
-        loss_src = F.cross_entropy(out_s.logits.float(), src["label"], ignore_index=IGNORE_INDEX)
+        loss_src = supervised_ce(out_s.logits, src["label"])  # 0, not NaN, if every label is 255
 
         out_t = self.teacher(tgt["image"])
         pl, pw, conf = pseudo_label(out_t.logits, t.pseudo_threshold, t.weight, t.ignore_top, t.ignore_bottom)
@@ -103,6 +102,7 @@ class SelfTraining(Recipe):
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out_s,
                           tgt, self.teacher, out_t, pl, pw, conf, mask, mix_img, mix_lbl, mix_w, out_m)
         logs = {"loss/source_ce": float(loss_src.detach()), "loss/mix_ce": float(loss_mix.detach()),
+                "data/empty_label_images": float(empty_label_images(src["label"])),
                 "pseudo/confident_fraction": float((conf > t.pseudo_threshold).float().mean()),
                 "pseudo/weight": float(pw.mean())}
         return ctx, loss_src + loss_mix, logs

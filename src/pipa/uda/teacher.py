@@ -97,6 +97,18 @@ def pseudo_label(logits: Tensor, threshold: float = 0.968, weight: str = "fracti
     return labels, w, conf
 
 
+def supervised_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean CE over the non-ignored pixels of (B, K, H, W) logits and (B, H, W) labels; exactly 0
+    (with a gradient) when every label is 255, where ``F.cross_entropy`` would give NaN."""
+    ce = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return ce / (labels != IGNORE_INDEX).sum().clamp_min(1)
+
+
+def empty_label_images(labels: Tensor) -> Tensor:
+    """Number of (B, H, W) label maps with no valid pixel, as a 0-dim float tensor."""
+    return (labels != IGNORE_INDEX).flatten(1).any(1).logical_not().sum().float()
+
+
 def weighted_ce(logits: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
     """Mean over non-ignored pixels of ``weight * CE``; (B, K, H, W), (B, H, W), (B, H, W)."""
     ce = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
