@@ -118,13 +118,15 @@ class IndexedDataset(Dataset):
 
     def __init__(self, entries: list[Entry], mapping: LabelMapping | None, labelled: bool = True,
                  on_error: str = "raise", resize: tuple[int, int] | None = None, crop: tuple[int, int] | None = None,
-                 crop_bottom: int = 0, flow_format: str = "npy", check: bool = True, verify_labels: bool = False) -> None:
+                 crop_bottom: int = 0, flow_format: str = "npy", check: bool = True, verify_labels: bool = False,
+                 cat_max_ratio: float = 1.0) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be raise or skip, got {on_error!r}")
         self.mapping = mapping
         self.class_names = mapping.class_names if mapping else []
         self.labelled = labelled
         self.resize, self.crop, self.crop_bottom, self.flow_format = resize, crop, crop_bottom, flow_format
+        self.cat_max_ratio = cat_max_ratio
         self.problems: list[dict[str, str]] = []
         self.entries: list[Entry] = []
         for e in entries:
@@ -276,8 +278,18 @@ class IndexedDataset(Dataset):
         if self.resize is not None:
             out = _resize_item(out, self.resize)
         if self.crop is not None:
-            out = _random_crop(out, self.crop)
+            out = _random_crop(out, self.crop, self.cat_max_ratio)
         return out
+
+    def rare_class_item(self, index: int, cls: int, min_pixels: float) -> dict[str, Any]:
+        """Item ``index`` for rare class sampling: with a crop, re-cropped up to 10 times until it
+        holds more than ``min_pixels`` pixels of class ``cls`` (DAFormer's ``min_crop_ratio`` rule)."""
+        item = self[index]
+        for _ in range(9 if self.crop is not None and min_pixels > 0 else 0):
+            if int((item["label"] == cls).sum()) > min_pixels:
+                break
+            item = self[index]
+        return item
 
 
 def _resize_item(item: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
@@ -294,11 +306,23 @@ def _resize_item(item: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     return out
 
 
-def _random_crop(item: dict[str, Any], crop: tuple[int, int]) -> dict[str, Any]:
+def _random_crop(item: dict[str, Any], crop: tuple[int, int], cat_max_ratio: float = 1.0) -> dict[str, Any]:
+    """A random (H, W) crop of every tensor of the item (global torch RNG: seeded per worker). With
+    ``cat_max_ratio`` < 1 the crop is re-drawn up to 10 times while one class covers that share or
+    more of its labelled pixels, or it holds a single class (mmseg ``RandomCrop``)."""
     H, W = item["image"].shape[-2:]
     ch, cw = min(crop[0], H), min(crop[1], W)
-    y = int(torch.randint(0, H - ch + 1, (1,)))
-    x = int(torch.randint(0, W - cw + 1, (1,)))
+    lab = item.get("label")
+    for _ in range(10 if cat_max_ratio < 1.0 and lab is not None else 1):
+        y = int(torch.randint(0, H - ch + 1, (1,)))
+        x = int(torch.randint(0, W - cw + 1, (1,)))
+        if lab is None or cat_max_ratio >= 1.0:
+            break
+        window = lab[y:y + ch, x:x + cw]
+        counts = torch.bincount(window[window != IGNORE_INDEX].reshape(-1))
+        counts = counts[counts > 0]
+        if counts.numel() > 1 and float(counts.max()) / float(counts.sum()) < cat_max_ratio:
+            break
     return {k: v[..., y:y + ch, x:x + cw] if torch.is_tensor(v) else v for k, v in item.items()}
 
 

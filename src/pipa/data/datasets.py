@@ -129,7 +129,7 @@ def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = 
             raise DatasetError("a folder dataset needs data.<which>.root")
         return FolderDataset(cfg.root, cfg.split or None, num_classes, labelled, cfg.on_error,
                              resize=tuple(cfg.resize) if cfg.resize else None, crop=tuple(cfg.crop) if cfg.crop else None,
-                             verify_labels=cfg.verify_labels)
+                             verify_labels=cfg.verify_labels, cat_max_ratio=cfg.cat_max_ratio)
     return build_real_dataset(cfg, num_classes, labelled)
 
 
@@ -141,7 +141,8 @@ def build_real_dataset(cfg: DatasetConfig, num_classes: int, labelled: bool = Tr
         raise DatasetError(f"dataset '{cfg.name}' needs data.<which>.root (its folder in the original layout)")
     common: dict[str, Any] = {"labelled": labelled, "on_error": cfg.on_error, "flow_format": cfg.flow_format,
                               "resize": tuple(cfg.resize) if cfg.resize else None,
-                              "crop": tuple(cfg.crop) if cfg.crop else None, "verify_labels": cfg.verify_labels}
+                              "crop": tuple(cfg.crop) if cfg.crop else None, "verify_labels": cfg.verify_labels,
+                              "cat_max_ratio": cfg.cat_max_ratio}
     video = {"frame_offset": cfg.frame_offset, "flow_root": cfg.flow_root}
     classes = cfg.classes or B.DEFAULT_CLASSES.get(cfg.name, num_classes)
     if cfg.name == "folder":

@@ -40,7 +40,9 @@ class BatchStream:
         if self.rcs is not None:
             gen = torch.Generator().manual_seed(self.seed * 7919 + self.rank * 104_729 + self.offset)
             idx, classes = self.rcs.sample(self.batch_size, gen)
-            batch = default_collate([self.dataset[i] for i in idx])
+            take = getattr(self.dataset, "rare_class_item", None)  # re-crops until the class is in the crop
+            items = [take(i, c, self.rcs.crop_min_pixels) if take else self.dataset[i] for i, c in zip(idx, classes)]
+            batch = default_collate(items)
             batch["rcs_class"] = torch.tensor(classes)
             self.offset += 1
             return batch

@@ -64,9 +64,13 @@ def select_device(name: str) -> torch.device:
 
 
 def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler)."""
+    """(autocast dtype or None, use a GradScaler). ``auto`` is fp32 like the reference recipes
+    (on CUDA with TF32 matmuls and convolutions allowed); bf16/fp16 autocast only when asked for."""
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
+        amp = "off"
+    if amp == "off" and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if amp == "bf16":
         return torch.bfloat16, False
     if amp == "fp16":
@@ -220,8 +224,8 @@ def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) 
         method.wrap_student(lambda m: DDP(m, device_ids=ids))
 
     o = cfg.optim
-    optim = torch.optim.AdamW(method.param_groups(o.lr, o.head_lr_mult), lr=o.lr, betas=tuple(o.betas),
-                              weight_decay=o.weight_decay)
+    optim = torch.optim.AdamW(method.param_groups(o.lr, o.head_lr_mult, o.weight_decay, o.decay_norms), lr=o.lr,
+                              betas=tuple(o.betas), weight_decay=o.weight_decay)
     total = cfg.train.iterations
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda it: lr_factor(it, total, o.warmup_iters, o.warmup_ratio, o.poly_power))
@@ -281,18 +285,19 @@ def apply_optim_settings(optim: torch.optim.Optimizer, sched: torch.optim.lr_sch
     """After loading a checkpoint: learning rates, betas and weight decay from ``cfg`` (the loaded
     optimiser state carries the old run's), the schedule continuing at its iteration."""
     o = cfg.optim
-    base = [o.lr if g.get("name") == "encoder" else o.lr * o.head_lr_mult for g in optim.param_groups]
+    base = [o.lr if str(g.get("name", "")).startswith("encoder") else o.lr * o.head_lr_mult for g in optim.param_groups]
     sched.base_lrs = base  # type: ignore[attr-defined]
     for g, lr, f in zip(optim.param_groups, base, sched.lr_lambdas):  # type: ignore[attr-defined]
         g["initial_lr"], g["lr"] = lr, lr * f(sched.last_epoch)
-        g["betas"], g["weight_decay"] = tuple(o.betas), o.weight_decay
+        no_decay = str(g.get("name", "")).endswith("_norm") and not o.decay_norms
+        g["betas"], g["weight_decay"] = tuple(o.betas), 0.0 if no_decay else o.weight_decay
 
 
 # settings that do not change what is trained (where and how fast it runs, what is printed)
 NEUTRAL_KEYS = ("train.out_dir", "train.overwrite", "train.threads", "train.device", "train.log_interval",
                 "train.debug_interval", "train.eval_batch_size", "train.eval_interval", "train.checkpoint_interval",
                 "data.num_workers", "data.cache_dir")
-FIXED_SECTIONS = ("method.", "model.", "data.")  # a change here makes it another run
+FIXED_SECTIONS = ("method.", "model.", "data.", "optim.decay_norms")  # a change here makes it another run
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:
@@ -359,7 +364,7 @@ def build_streams(cfg: Config, method: UDAMethod, source: Dataset, target: Datas
 
         K = cfg.model.num_classes
         counts = cached_class_counts(source, K, out / "class_stats.json", repr(cfg.data.source))
-        rcs = RareClassSampler(counts, cfg.method.rcs.temperature, cfg.method.rcs.min_pixels)
+        rcs = RareClassSampler(counts, cfg.method.rcs.temperature, cfg.method.rcs.min_pixels, cfg.method.rcs.min_crop_ratio)
         if main:
             probs = ", ".join(f"{n} {p:.2f}" for n, p in zip(class_names, rcs.probs.tolist()))
             say(mode, f"[{out.name}] rare class sampling: {probs}")

@@ -21,6 +21,9 @@ from .recipes import Recipe
 from .terms import SharedModules, Term
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
 class UDAMethod(nn.Module):
     """Owns the student segmentor (``model``), the recipe (with its teacher), the terms and the
     modules they share. Only ``model`` is deployed (:meth:`export_model`).
@@ -75,13 +78,27 @@ class UDAMethod(nn.Module):
         """Training-only modules the optimiser trains besides the student (projection heads)."""
         return [m for part in [*self.shared.members(), *self.terms.values()] for m in part.trainable_modules()]
 
-    def param_groups(self, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
-        """Encoder at ``lr``; decoder, classifier and training heads at ``lr * head_lr_mult``."""
+    def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float | None = None,
+                     decay_norms: bool = True) -> list[dict[str, Any]]:
+        """Encoder at ``lr``; decoder, classifier and training heads at ``lr * head_lr_mult``. With
+        ``decay_norms=False`` the parameters of normalisation layers get their own groups
+        (``encoder_norm``, ``head_norm``) without weight decay, as in DAFormer/MIC."""
         head_ids = {id(p) for p in self.model.head_parameters()}
         enc = [p for p in self.model.parameters() if id(p) not in head_ids and p.requires_grad]
         head = [p for p in self.model.head_parameters() if p.requires_grad]
         head += [p for m in self.trainable_heads() for p in m.parameters() if p.requires_grad]
-        return [{"params": enc, "lr": lr, "name": "encoder"}, {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
+        groups = [{"params": enc, "lr": lr, "name": "encoder"}, {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
+        if decay_norms:
+            return groups
+        norm_ids = {id(p) for m in [self.model, *self.trainable_heads()] for mod in m.modules()
+                    if isinstance(mod, NORM_LAYERS) for p in mod.parameters(recurse=False)}
+        out = []
+        for g in groups:
+            plain = [p for p in g["params"] if id(p) not in norm_ids]
+            norms = [p for p in g["params"] if id(p) in norm_ids]
+            out.append({**g, "params": plain, **({} if weight_decay is None else {"weight_decay": weight_decay})})
+            out.append({**g, "params": norms, "name": f"{g['name']}_norm", "weight_decay": 0.0})
+        return out
 
     def wrap_student(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Replace the student's and the heads' forwards with ``wrap(module)`` (DistributedDataParallel)."""

@@ -39,7 +39,8 @@ class Recipe(nn.Module):
     def augment(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """Strong colour jitter and blur (DACS), drawn from ``generator``. (B, 3, H, W) -> same."""
         a = self.aug
-        return strong_augment(images, a.jitter_p, a.jitter_strength, a.blur_p, tuple(a.blur_sigma), generator)
+        return strong_augment(images, a.jitter_p, a.jitter_strength, a.blur_p, tuple(a.blur_sigma), generator,
+                              a.jitter_ops)
 
     def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward
                 ) -> tuple[StepContext, Tensor, dict[str, float]]:

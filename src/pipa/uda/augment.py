@@ -41,6 +41,55 @@ def color_jitter(x: Tensor, strength: float, generator: torch.Generator | None =
     return x.clamp(0, 1)
 
 
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV with hue in radians [0, 2π), saturation and value in [0, 1]."""
+    r, g, b = x.unbind(1)
+    v, arg = x.max(1)
+    c = v - x.min(1).values
+    s = torch.where(v > 0, c / v.clamp_min(1e-12), torch.zeros_like(v))
+    cc = c.clamp_min(1e-12)
+    h = torch.stack([((g - b) / cc) % 6, (b - r) / cc + 2, (r - g) / cc + 4], 1).gather(1, arg[:, None])[:, 0]
+    h = torch.where(c > 0, h * (math.pi / 3), torch.zeros_like(h))
+    return torch.stack([h, s, v], 1)
+
+
+def hsv_to_rgb(x: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    h, s, v = x.unbind(1)
+    k = torch.stack([(5 + h * 3 / math.pi) % 6, (3 + h * 3 / math.pi) % 6, (1 + h * 3 / math.pi) % 6], 1)
+    return v[:, None] - (v * s)[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def color_jitter_reference(x: Tensor, strength: float, generator: torch.Generator | None = None,
+                           only: str | None = None) -> Tensor:
+    """The DACS/DAFormer jitter (kornia 0.5.8 ``ColorJitter(s, s, s, s)``): per image, brightness
+    ``x + U(-s, s)``, contrast ``x · U(1-s, 1+s)``, saturation ``S · U(1-s, 1+s)`` and hue
+    ``H + U(-s, s) · 2π`` (in HSV), each clamped to [0, 1], in one random order per batch.
+    ``only`` (brightness | contrast | saturation | hue) applies that operation alone (tests)."""
+    b = x.shape[0]
+
+    def u(lo: float, hi: float) -> Tensor:
+        return (torch.rand(b, generator=generator, device="cpu") * (hi - lo) + lo).to(x.device, x.dtype).view(-1, 1, 1, 1)
+
+    s = strength
+    bright, contrast, sat, hue = u(-s, s), u(max(0.0, 1 - s), 1 + s), u(max(0.0, 1 - s), 1 + s), u(-s, s)
+
+    def saturation(y: Tensor) -> Tensor:
+        hsv = rgb_to_hsv(y)
+        return hsv_to_rgb(torch.cat([hsv[:, :1], (hsv[:, 1:2] * sat).clamp(0, 1), hsv[:, 2:]], 1))
+
+    def hue_shift(y: Tensor) -> Tensor:
+        hsv = rgb_to_hsv(y)
+        return hsv_to_rgb(torch.cat([torch.remainder(hsv[:, :1] + hue * 2 * math.pi, 2 * math.pi), hsv[:, 1:]], 1))
+
+    ops = [lambda y: y + bright, lambda y: y * contrast, saturation, hue_shift]
+    names = ["brightness", "contrast", "saturation", "hue"]
+    for i in torch.randperm(4, generator=generator).tolist():
+        if only is None or names[i] == only:
+            x = ops[i](x).clamp(0, 1)
+    return x
+
+
 def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     """Blur each image with its own sigma (B,) (separable kernel, reflect padding)."""
     smax = float(sigma.max())
@@ -58,12 +107,16 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
 
 
 def strong_augment(x: Tensor, jitter_p: float = 0.2, jitter_strength: float = 0.2, blur_p: float = 0.5,
-                   sigma: tuple[float, float] = (0.15, 1.15), generator: torch.Generator | None = None) -> Tensor:
-    """DACS's strong transform: colour jitter with probability ``jitter_p``, blur with ``blur_p``."""
+                   sigma: tuple[float, float] = (0.15, 1.15), generator: torch.Generator | None = None,
+                   jitter_ops: str = "pipa") -> Tensor:
+    """DACS's strong transform: colour jitter with probability ``jitter_p`` (``jitter_ops``:
+    ``reference`` = :func:`color_jitter_reference`, ``pipa`` = :func:`color_jitter`), blur with
+    ``blur_p``. (B, 3, H, W) in [0, 1] -> same."""
     b = x.shape[0]
     do_j = (torch.rand(b, generator=generator) < jitter_p).to(x.device)
     if do_j.any():
-        x = torch.where(do_j.view(-1, 1, 1, 1), color_jitter(x, jitter_strength, generator), x)
+        jitter = color_jitter_reference if jitter_ops == "reference" else color_jitter
+        x = torch.where(do_j.view(-1, 1, 1, 1), jitter(x, jitter_strength, generator), x)
     do_b = (torch.rand(b, generator=generator) < blur_p).to(x.device)
     sig = (torch.rand(b, generator=generator) * (sigma[1] - sigma[0]) + sigma[0]).to(x.device)
     if do_b.any():

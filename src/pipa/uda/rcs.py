@@ -57,7 +57,9 @@ class RareClassSampler:
     """Draws ``(image index, class)`` pairs. Images qualify for class c if they hold at least
     ``min_pixels`` pixels of it. Deterministic given the generator."""
 
-    def __init__(self, counts: Tensor, temperature: float = 0.01, min_pixels: int = 16) -> None:
+    def __init__(self, counts: Tensor, temperature: float = 0.01, min_pixels: int = 16,
+                 min_crop_ratio: float = 0.0) -> None:
+        self.crop_min_pixels = min_pixels * min_crop_ratio  # a crop must hold more than this of the class
         self.probs = rcs_probabilities(counts, temperature)
         self.images = [torch.nonzero(counts[:, c] >= min_pixels).flatten() for c in range(counts.shape[1])]
         for c in range(counts.shape[1]):

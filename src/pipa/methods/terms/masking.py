@@ -19,7 +19,7 @@ class MaskedConsistencyTerm(Term):
 
     def __init__(self, cfg: MICConfig, weight: float, start: int = 0) -> None:
         super().__init__(weight, start)
-        self.block_size, self.mask_ratio = cfg.block_size, cfg.mask_ratio
+        self.block_size, self.mask_ratio, self.fill = cfg.block_size, cfg.mask_ratio, cfg.fill
 
     def applies(self, ctx: StepContext) -> bool:
         return ctx.target is not None and super().applies(ctx)
@@ -27,6 +27,9 @@ class MaskedConsistencyTerm(Term):
     def forward(self, ctx: StepContext) -> tuple[Tensor, Logs]:
         assert ctx.target is not None and ctx.pseudo_label is not None and ctx.pseudo_weight is not None
         img = ctx.augment(ctx.target["image"])
-        masked = img * block_mask(tuple(img.shape), self.block_size, self.mask_ratio, ctx.generator, img.device)
+        keep = block_mask(tuple(img.shape), self.block_size, self.mask_ratio, ctx.generator, img.device)
+        masked = img * keep
+        if self.fill == "mean":  # MIC masks the normalised image: a masked block is the mean colour
+            masked = masked + (1 - keep) * ctx.model.pixel_mean.to(img.dtype)
         loss = weighted_ce(ctx.student(masked).logits, ctx.pseudo_label, ctx.pseudo_weight)
         return loss, {"loss/mic_ce": float(loss.detach())}
