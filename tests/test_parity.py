@@ -182,3 +182,15 @@ def test_reference_jitter_operations_follow_kornia_colorjitter():
     deg = turn.abs() * 180 / math.pi
     assert float(deg.max()) <= 72.5 and float(deg.max()) > 65  # ±0.2 of a turn, reached
     assert float((deg > 36).float().mean()) == pytest.approx(0.5, abs=0.05)  # uniform over ±72°
+
+
+def test_classifier_is_initialised_like_mmseg():
+    """mmseg decode heads: conv_seg ~ N(0, 0.01²), bias 0."""
+    from pipa.models import build_segmentor
+
+    cfg = load_config(CONFIGS / "gta2cs_daformer.yaml", ["model.backbone=conv_small", "model.pretrained=null"])
+    torch.manual_seed(0)
+    w = build_segmentor(cfg.model).classifier
+    assert float(w.bias.abs().max()) == 0.0
+    assert float(w.weight.mean()) == pytest.approx(0.0, abs=0.002)
+    assert float(w.weight.std()) == pytest.approx(0.01, rel=0.05)  # 19·256 = 4864 draws

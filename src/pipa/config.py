@@ -82,6 +82,8 @@ class ModelConfig:
     bottleneck_kernel: Annotated[int, COUNT] = 3
     num_classes: Annotated[int, COUNT] = 8
     dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
+    # classifier (mmseg conv_seg) initialised N(0, std²) with zero bias, as mmseg's decode heads; null: PyTorch's default
+    classifier_init_std: Annotated[float | None, POSITIVE] = 0.01
     pixel_mean: Annotated[list[float], Length(3)] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: Annotated[list[float], Length(3), POSITIVE] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 

@@ -50,6 +50,9 @@ class Segmentor(nn.Module):
             raise ValueError(f"unknown config value model.decoder='{cfg.decoder}'; choose daformer or mlp")
         self.dropout = nn.Dropout2d(cfg.dropout)
         self.classifier = nn.Conv2d(cfg.decoder_channels, cfg.num_classes, 1)
+        if cfg.classifier_init_std is not None:  # mmseg BaseDecodeHead: Normal(std=0.01) on conv_seg, bias 0
+            nn.init.normal_(self.classifier.weight, 0.0, cfg.classifier_init_std)
+            nn.init.zeros_(self.classifier.bias)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
 
