@@ -129,6 +129,7 @@ class IndexedDataset(Dataset):
         self.cat_max_ratio = cat_max_ratio
         self.problems: list[dict[str, str]] = []
         self.entries: list[Entry] = []
+        self._sizes: dict[Path, tuple[int, int]] = {}  # (H, W) of each image, read by check_entry
         for e in entries:
             problem = self.check_entry(e) if check else None
             if problem:
@@ -180,7 +181,7 @@ class IndexedDataset(Dataset):
     def _check_sizes(self, on_error: str) -> None:
         """Items of different sizes cannot be batched: without ``resize`` (or a ``crop`` that fits
         every image), images whose size differs from the most common one are reported by file."""
-        sizes = getattr(self, "_sizes", {})
+        sizes = self._sizes
         if self.resize is not None or len(set(sizes.values())) <= 1:
             return
         if self.crop is not None and all(h >= self.crop[0] and w >= self.crop[1] for h, w in sizes.values()):
@@ -204,7 +205,7 @@ class IndexedDataset(Dataset):
             size = image_size(e.image)
         except DatasetError as exc:
             return e.image, str(exc).split(": ", 1)[-1]
-        self.__dict__.setdefault("_sizes", {})[e.image] = size
+        self._sizes[e.image] = size
         if e.prev is not None:
             if not e.prev.is_file():
                 return e.prev, "missing neighbour frame"

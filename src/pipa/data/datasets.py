@@ -5,8 +5,6 @@ from this frame to the previous one, pixels) and ``flow_valid`` (H, W) bool.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..context import StepContext
+from ..context import StepContext, cells
 
 Logs = dict[str, float]
 
@@ -50,6 +50,12 @@ class Term(nn.Module):
     @torch.no_grad()
     def after_step(self, iteration: int) -> None:
         """Called after the optimiser step (EMA updates of the term's heads)."""
+
+
+def zero_use(project: Callable[[Tensor], Tensor], ctx: StepContext) -> Tensor:
+    """``0 · project(two feature rows)``: a DDP-visible, value-free use of a projection head."""
+    feats = ctx.out_mixed.features if ctx.out_mixed is not None else ctx.out_source.features
+    return project(cells(feats)[:2]).sum() * 0
 
 
 class SharedModule(nn.Module):

@@ -18,7 +18,7 @@ from ...contrast import (PatchContrastLoss, PatchSampler, ProjectionHead, block_
                          sample_view_pair)
 from ...uda.teacher import EMATeacher
 from ..context import StepContext, cells
-from .base import Logs, Term
+from .base import Logs, Term, zero_use
 
 
 @dataclass
@@ -121,8 +121,7 @@ class PatchContrastTerm(Term):
         self.__dict__["project"] = wrap(self.head)
 
     def idle_loss(self, ctx: StepContext) -> Tensor | None:
-        feats = ctx.out_mixed.features if ctx.out_mixed is not None else ctx.out_source.features
-        return self.project(cells(feats)[:2]).sum() * 0
+        return zero_use(self.project, ctx)
 
     @torch.no_grad()
     def after_step(self, iteration: int) -> None:

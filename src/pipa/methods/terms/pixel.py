@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...config import PixelTermConfig
 from ...contrast import ImageSampler, PixelContrastLoss, pair_counts
 from ..context import StepContext, cells
-from .base import Logs, Term
+from .base import Logs, Term, zero_use
 from .embedding import PixelEmbedding
 
 
@@ -56,9 +56,5 @@ class PixelContrastTerm(Term):
         logs["loss/pixel"] = float(loss.detach())
         return loss, logs
 
-    def trainable_modules(self) -> list[nn.Module]:
-        return []  # the head belongs to the shared embedding
-
     def idle_loss(self, ctx: StepContext) -> Tensor | None:
-        feats = ctx.out_mixed.features if ctx.out_mixed is not None else ctx.out_source.features
-        return self.embedding.project(cells(feats)[:2]).sum() * 0
+        return zero_use(self.embedding.project, ctx)
