@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from pipa.core.tensors import read_scalars
 from PIL import Image
 
 from conftest import PRESET, ROOT, tiny_overrides
@@ -88,6 +90,7 @@ def test_2_an_all_ignore_label_trains_with_zero_source_loss(tmp_path, capsys):
     batch = {"source": {"image": torch.rand(2, 3, 32, 64), "label": torch.full((2, 32, 64), 255)},
              "target": {"image": torch.rand(2, 3, 32, 64)}}
     loss, logs = method.step(batch, 0)
+    logs = read_scalars(logs)
     assert torch.isfinite(loss) and logs["loss/source_ce"] == 0.0 and logs["data/empty_label_images"] == 2
     loss.backward()  # and back-propagates without NaN
     assert all(torch.isfinite(p.grad).all() for p in method.model.parameters() if p.grad is not None)
@@ -121,8 +124,8 @@ def test_3_nonfinite_loss_names_the_iteration_and_the_terms(tmp_path):
     cfg = load_config(PRESET, tiny_overrides(tmp_path / "n", iterations=3, **{"method.name": "self_training"}))
     real = trainer.UDAMethod.step
 
-    def poisoned(self, batch, it):
-        loss, logs = real(self, batch, it)
+    def poisoned(self, batch, it, micro=0):
+        loss, logs = real(self, batch, it, micro)
         if it == 1:
             logs["loss/mix_ce"] = float("nan")
             return loss * float("nan"), logs

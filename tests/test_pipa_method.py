@@ -4,6 +4,8 @@ each term reaching the encoder, video-only temporal term, memory in the checkpoi
 import pytest
 import torch
 
+from pipa.core.tensors import read_scalars
+
 from conftest import PRESET, tiny_overrides
 from pipa.config import load_config
 from pipa.engine.checkpoint import load_checkpoint
@@ -47,6 +49,7 @@ def test_exported_model_has_exactly_the_base_parameters(base):
 def test_total_is_base_plus_weighted_terms():
     _, method = _method("pipa", "method.pipa.pixel.weight=0.3", "method.pipa.patch.weight=0.2")
     total, logs = method.step(_batch(), 5)
+    logs = read_scalars(logs)
     base = logs["loss/source_ce"] + logs["loss/mix_ce"]
     assert logs["loss/pixel"] > 0 and logs["loss/patch"] > 0
     assert total.item() == pytest.approx(base + 0.3 * logs["loss/pixel"] + 0.2 * logs["loss/patch"], rel=1e-5)
@@ -56,8 +59,10 @@ def test_total_is_base_plus_weighted_terms():
 def test_terms_respect_their_start_iteration():
     _, method = _method("pipa", "method.pipa.patch.start=10")
     _, logs = method.step(_batch(), 3)
+    logs = read_scalars(logs)
     assert "loss/pixel" in logs and "loss/patch" not in logs
     _, logs = method.step(_batch(), 10)
+    logs = read_scalars(logs)
     assert "loss/patch" in logs
 
 
@@ -79,6 +84,7 @@ def test_patch_term_gradient_reaches_the_encoder(views):
 def test_pipa_video_adds_the_temporal_term_and_needs_clips():
     _, method = _method("pipa_video")
     total, logs = method.step(_batch(clips=True), 2)
+    logs = read_scalars(logs)
     assert logs["loss/temporal"] > 0 and "sampler/temporal/flow_matched" in logs
     assert torch.isfinite(total)
     with pytest.raises(ValueError, match="clip"):
@@ -86,6 +92,7 @@ def test_pipa_video_adds_the_temporal_term_and_needs_clips():
     # pipa on image data simply has no temporal term
     _, image = _method("pipa")
     _, logs = image.step(_batch(), 2)
+    logs = read_scalars(logs)
     assert "loss/temporal" not in logs
 
 

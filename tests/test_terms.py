@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+
+from pipa.core.tensors import read_scalars
 import torch.nn.functional as F
 
 from conftest import PRESET, tiny_overrides
@@ -27,7 +29,7 @@ class EntropyTerm(Term):
     def forward(self, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         p = ctx.out_mixed.logits.float().softmax(1)
         loss = -(p * p.clamp_min(1e-12).log()).sum(1).mean()
-        return loss, {"loss/entropy": float(loss.detach())}
+        return loss, {"loss/entropy": loss.detach()}  # logs stay on the device
 
 
 register_term("entropy", lambda cfg, model, shared, weight, start: EntropyTerm(weight, start))
@@ -48,16 +50,18 @@ def test_example_term_adds_its_weighted_loss_on_any_base():
         method = build_method(cfg, build_segmentor(cfg.model))
         assert list(method.terms)[-1] == "entropy"
         _, logs = method.step(_batch(), 1)
+        logs = read_scalars(logs)
         assert "loss/entropy" not in logs  # before its start iteration
         total, logs = method.step(_batch(), 2)
+        logs = read_scalars(logs)
         # oracle: the entropy of a plain student forward on the same mixed image, by hand
         probs = F.softmax(method.model(method.debug["mixed"]).logits, 1)
         by_hand = float(sum(-(q * math.log(q)) for q in probs.permute(0, 2, 3, 1).reshape(-1).tolist() if q > 0))
         by_hand /= probs.shape[0] * probs.shape[2] * probs.shape[3]
         assert logs["loss/entropy"] == pytest.approx(by_hand, rel=1e-4)
-        others = sum(v for k, v in logs.items() if k in ("loss/source_ce", "loss/mix_ce"))
-        others += cfg.method.fd.weight * logs.get("loss/feature_distance", 0.0)
-        others += cfg.method.mic.weight * logs.get("loss/mic_ce", 0.0)
+        others = sum(float(v) for k, v in logs.items() if k in ("loss/source_ce", "loss/mix_ce"))
+        others += cfg.method.fd.weight * float(logs.get("loss/feature_distance", 0.0))
+        others += cfg.method.mic.weight * float(logs.get("loss/mic_ce", 0.0))
         assert total.item() == pytest.approx(others + 0.3 * by_hand, rel=1e-5)
 
 

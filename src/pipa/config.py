@@ -140,6 +140,7 @@ class OptimConfig:
     poly_power: Annotated[float, NONNEG] = 1.0
     grad_clip: Annotated[float | None, POSITIVE] = None
     decay_norms: bool = False  # weight decay on normalisation layers (DAFormer/MIC: none, decay_mult 0 on 'norm')
+    fused: Literal["auto", "on", "off"] = "auto"  # fused AdamW kernel: auto = on with CUDA (same update, fewer kernels)
 
 
 @dataclass
@@ -306,6 +307,15 @@ class TrainConfig:
     threads: Annotated[int, NONNEG] = 0  # torch.set_num_threads on CPU (0: leave as is)
     overwrite: bool = False  # allow a fresh run in a folder that holds a checkpoint
     debug_interval: Annotated[int, NONNEG] = 0  # write debug image grids (source, target, mix, pseudo-labels) every N its
+    # gradient accumulation: each optimiser step sums the gradients of `accumulate` micro-batches of
+    # data.batch_size (the same update as one batch of accumulate x batch_size without batch-norm coupling)
+    accumulate: Annotated[int, COUNT] = 1
+    compile: bool = False  # torch.compile the student, teacher and frozen encoder (see README, GPU figures)
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on with CUDA (convolutions in NHWC)
+    checkpointing: bool = False  # activation checkpointing of the encoder: less memory, ~1 more forward
+    # the non-finite-loss guard reads its flag on the host: auto = every step on the CPU (free there),
+    # every log_interval on a GPU (no host synchronisation per step); the checkpoint is never poisoned
+    finite_check: Literal["auto", "step", "log"] = "auto"
 
 
 @dataclass

@@ -58,7 +58,7 @@ def _anchor_terms(logits: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Ten
     return loss, ok
 
 
-def _pixel_chunk(anchors: Tensor, labels: Tensor, offset: Tensor, contrast: Tensor, contrast_labels: Tensor,
+def _pixel_chunk(anchors: Tensor, labels: Tensor, offset: int, contrast: Tensor, contrast_labels: Tensor,
                  inv_t: float) -> tuple[Tensor, Tensor]:
     logits = anchors @ contrast.t() * inv_t
     same = labels[:, None] == contrast_labels[None, :]
@@ -113,24 +113,23 @@ class PixelContrastLoss(nn.Module):
             all_labels = torch.cat([anchor_labels, contrast_labels])
         else:
             all_rows, all_labels = anchors, anchor_labels
-        keep = anchor_labels != IGNORE_INDEX
-        if anchors.shape[0] == 0 or not bool(keep.any()):
+        if anchors.shape[0] == 0:
             return zero
         inv_t = 1.0 / self.temperature
-        total, count = zero, 0
+        total, count = zero, zero.detach()  # the count stays on the device: no host synchronisation
         # recompute chunks in backward only when there is more than one (bounded peak memory)
         grad = torch.is_grad_enabled() and all_rows.requires_grad and anchors.shape[0] > self.chunk_size
         for start in range(0, anchors.shape[0], self.chunk_size):
             a, l = anchors[start:start + self.chunk_size], anchor_labels[start:start + self.chunk_size]
-            off = torch.tensor(start, device=anchors.device)
+            off = start
             if grad:
                 loss, ok = checkpoint(_pixel_chunk, a, l, off, all_rows, all_labels, inv_t, use_reentrant=False)
             else:
                 loss, ok = _pixel_chunk(a, l, off, all_rows, all_labels, inv_t)
             ok = ok & (l != IGNORE_INDEX)
             total = total + (loss * ok).sum()
-            count += int(ok.sum())
-        return total / count if count > 0 else zero
+            count = count + ok.sum()
+        return total / count.clamp_min(1)  # an exact 0 (with gradient) when no anchor qualifies
 
 
 class PatchContrastLoss(nn.Module):
@@ -226,4 +225,4 @@ class TemporalContrastLoss(nn.Module):
             return zero
         loss, ok = _anchor_terms(logits, pos, neg)
         ok = ok & (anchor_labels != IGNORE_INDEX)
-        return zero + (loss * ok).sum() / ok.sum() if bool(ok.any()) else zero
+        return zero + (loss * ok).sum() / ok.sum().clamp_min(1)  # exact 0 when no anchor qualifies

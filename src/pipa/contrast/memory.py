@@ -66,17 +66,31 @@ class SemanticMemory(nn.Module):
         features = features.detach().to(self.features.dtype)
         if gather:
             features, labels = all_gather_rows(features, labels)
-        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.num_classes))
-        if bool(bad.any()):
-            raise ValueError(f"memory labels must be in [0, {self.num_classes}) or 255, got {int(labels[bad][0])}")
-        S = self.size_per_class
-        for c in labels[labels != IGNORE_INDEX].unique().tolist():
-            rows = features[labels == c][-S:]  # only the newest S can survive
-            n, p = rows.shape[0], int(self.ptr[c])
-            slots = (p + torch.arange(n, device=rows.device)) % S
-            self.features[c, slots.to(self.features.device)] = rows.to(self.features.device)
-            self.ptr[c] = (p + n) % S
-            self.count[c] = min(S, int(self.count[c]) + n)
+        K, S = self.num_classes, self.size_per_class
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= K))
+        try:  # a device-side assert: no host read on a GPU (there it fails at the next synchronisation)
+            torch._assert_async(~bad.any(), f"memory labels must be in [0, {K}) or 255")
+        except RuntimeError:  # on the CPU it fails here
+            raise ValueError(f"memory labels must be in [0, {K}) or 255, got {labels[bad][:1].tolist()}") from None
+        # every row's place in its class's queue, computed on the device (no per-class host reads):
+        # rank = how many rows of its class came before it in this push; only the newest S survive
+        dev = self.features.device
+        features, labels = features.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+        cls = torch.where(labels == IGNORE_INDEX, K, labels)  # K: dropped
+        onehot = torch.nn.functional.one_hot(cls, K + 1)
+        rank = (onehot.cumsum(0) - 1).gather(1, cls[:, None]).squeeze(1)
+        n_c = onehot.sum(0)  # (K+1,)
+        drop = (n_c - S).clamp_min(0)  # a class's oldest rows beyond S in this push
+        keep = (cls < K) & (rank >= drop[cls])
+        ptr = torch.cat([self.ptr, self.ptr.new_zeros(1)])
+        slot = torch.where(keep, cls * S + (ptr[cls] + rank - drop[cls]) % S, K * S)  # K * S: a spare row, thrown away
+        written = torch.zeros(K * S + 1, dtype=torch.bool, device=dev).index_fill_(0, slot, True)[: K * S]
+        rows = torch.zeros(K * S + 1, self.dim, dtype=self.features.dtype, device=dev).index_add_(0, slot, features)
+        flat = self.features.view(K * S, self.dim)
+        flat.copy_(torch.where(written[:, None], rows[: K * S], flat))  # kept slots are distinct: rows are exact
+        n = n_c[:K].clamp_max(S)
+        self.ptr.copy_((self.ptr + n) % S)
+        self.count.copy_((self.count + n).clamp_max(S))
 
     def fill(self) -> Tensor:
         """Entries held per class, (num_classes,) int64."""
@@ -86,15 +100,16 @@ class SemanticMemory(nn.Module):
         """All entries (oldest first within a class), or ``per_class`` random ones of each class."""
         feats, labels = [], []
         S = self.size_per_class
+        counts, ptrs = self.count.tolist(), self.ptr.tolist()  # one host read per call
         for c in range(self.num_classes):
-            n = int(self.count[c])
+            n = counts[c]
             if n == 0:
                 continue
-            start = int(self.ptr[c]) if n == S else 0
+            start = ptrs[c] if n == S else 0
             order = (start + torch.arange(n, device=self.features.device)) % S
             if per_class is not None and per_class < n:
                 pick = torch.randperm(n, generator=generator)[:per_class].sort().values
-                order = order[pick.to(order.device)]
+                order = order[pick.to(order.device, non_blocking=True)]
             feats.append(self.features[c, order])
             labels.append(torch.full((order.shape[0],), c, dtype=torch.long, device=self.features.device))
         if not feats:

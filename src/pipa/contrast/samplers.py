@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..core.constants import IGNORE_INDEX
+from ..core.tensors import class_counts
 
 
 @dataclass
@@ -27,16 +28,12 @@ class Sample:
     def logs(self, prefix: str, class_names: list[str] | None = None) -> dict[str, float]:
         """Anchor and hard counts, in total and per class: ``{prefix}/anchors_{class}`` etc."""
         names = class_names or [str(c) for c in range(len(self.anchors_per_class))]
-        out = {f"{prefix}/anchors": float(self.index.numel()), f"{prefix}/hard": float(self.hard.sum())}
+        out = {f"{prefix}/anchors": float(self.index.numel()), f"{prefix}/hard": float(sum(self.hard_per_class))}
         for c, name in enumerate(names):
             if c < len(self.anchors_per_class) and self.anchors_per_class[c]:
                 out[f"{prefix}/anchors_{name}"] = float(self.anchors_per_class[c])
                 out[f"{prefix}/hard_{name}"] = float(self.hard_per_class[c])
         return out
-
-
-def _perm(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return torch.randperm(n, generator=generator).to(device)
 
 
 @torch.no_grad()
@@ -52,28 +49,34 @@ def class_balanced(labels: Tensor, hard: Tensor, num_classes: int, max_anchors: 
     if not 0.0 <= hard_ratio <= 1.0:
         raise ValueError(f"hard_ratio must be in [0, 1], got {hard_ratio}")
     dev = labels.device
-    counts = torch.bincount(labels[labels != IGNORE_INDEX].clamp(0, num_classes - 1), minlength=num_classes)[:num_classes]
-    present = [c for c in range(num_classes) if int(counts[c]) >= max(min_pixels, 1)]
+    # one host read for the whole call: rows and hard rows of each class
+    hard_labels = torch.where(hard, labels, IGNORE_INDEX)
+    n_rows, n_hard_rows = torch.stack([class_counts(labels, num_classes), class_counts(hard_labels, num_classes)]).tolist()
+    present = [c for c in range(num_classes) if n_rows[c] >= max(min_pixels, 1)]
     per_anchor, per_hard = [0] * num_classes, [0] * num_classes
     if not present:
         empty = torch.zeros(0, dtype=torch.long, device=dev)
         return Sample(empty, torch.zeros(0, dtype=torch.bool, device=dev), per_anchor, per_hard)
     quota = min(max_per_class, max_anchors // len(present))
+    # rows sorted by (class, easy): each class's hard rows then its easy rows, each in row order
+    key = torch.where(labels == IGNORE_INDEX, num_classes, labels.clamp(0, num_classes - 1)) * 2 + (~hard).long()
+    order = torch.sort(key, stable=True).indices
+    starts = [0]
+    for c in range(num_classes):
+        starts.append(starts[-1] + n_rows[c])
     picks, flags = [], []
     for c in present:
-        rows = (labels == c).nonzero().squeeze(1)
-        h = hard[rows]
-        hard_rows, easy_rows = rows[h], rows[~h]
-        n = min(quota, rows.numel())
-        n_hard = min(int(round(hard_ratio * n)), hard_rows.numel())
-        n_easy = min(n - n_hard, easy_rows.numel())
-        n_hard = min(n - n_easy, hard_rows.numel())  # top up with hard rows when easy ones run out
-        hp = hard_rows[_perm(hard_rows.numel(), generator, dev)[:n_hard]]
-        ep = easy_rows[_perm(easy_rows.numel(), generator, dev)[:n_easy]]
-        picks += [hp, ep]
-        flags += [torch.ones_like(hp, dtype=torch.bool), torch.zeros_like(ep, dtype=torch.bool)]
+        h_c, e_c = n_hard_rows[c], n_rows[c] - n_hard_rows[c]
+        n = min(quota, n_rows[c])
+        n_hard = min(int(round(hard_ratio * n)), h_c)
+        n_easy = min(n - n_hard, e_c)
+        n_hard = min(n - n_easy, h_c)  # top up with hard rows when easy ones run out
+        picks += [starts[c] + torch.randperm(h_c, generator=generator)[:n_hard],
+                  starts[c] + h_c + torch.randperm(e_c, generator=generator)[:n_easy]]
+        flags += [True] * n_hard + [False] * n_easy
         per_anchor[c], per_hard[c] = n_hard + n_easy, n_hard
-    return Sample(torch.cat(picks), torch.cat(flags), per_anchor, per_hard)
+    pos = torch.cat(picks).to(dev, non_blocking=True)
+    return Sample(order[pos], torch.tensor(flags, dtype=torch.bool).to(dev, non_blocking=True), per_anchor, per_hard)
 
 
 class ImageSampler:
@@ -135,11 +138,11 @@ class VideoSampler:
 def pair_counts(anchor_labels: Tensor, contrast_labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     """Mean positives and negatives per anchor of each class, (K,) float each (an anchor's own
     row is not counted, as in :class:`~pipa.contrast.losses.PixelContrastLoss`)."""
-    valid = contrast_labels[contrast_labels != IGNORE_INDEX]
-    n_c = torch.bincount(valid, minlength=num_classes)[:num_classes].float()
-    a_c = torch.bincount(anchor_labels[anchor_labels != IGNORE_INDEX], minlength=num_classes)[:num_classes].float()
+    n_c = class_counts(contrast_labels, num_classes).float()
+    a_c = class_counts(anchor_labels, num_classes).float()
+    n_valid = (contrast_labels != IGNORE_INDEX).sum()
     pos = torch.where(a_c > 0, n_c - 1, torch.zeros_like(n_c)).clamp_min(0)
-    neg = torch.where(a_c > 0, valid.numel() - n_c, torch.zeros_like(n_c))
+    neg = torch.where(a_c > 0, n_valid - n_c, torch.zeros_like(n_c))
     return pos, neg
 
 
@@ -172,15 +175,18 @@ class PatchSampler:
         """``k1``/``k2`` (P,) all positive pairs; ``lab*``/``ids*`` (N1,)/(N2,) each view row's
         pseudo-label and global cell id -> :class:`PatchSample`."""
         if k1.numel() > self.max_anchors:
-            keep = torch.randperm(k1.numel(), generator=generator)[: self.max_anchors]
+            keep = torch.randperm(k1.numel(), generator=generator)[: self.max_anchors].to(k1.device, non_blocking=True)
             k1, k2 = k1[keep], k2[keep]
         n1 = min(self.num_negatives // 2, lab1.shape[0])
         n2 = min(self.num_negatives - n1, lab2.shape[0])
         q1 = torch.randperm(lab1.shape[0], generator=generator)[:n1]
         q2 = torch.randperm(lab2.shape[0], generator=generator)[:n2]
+        dev = lab1.device
+        k1, k2 = k1.to(dev, non_blocking=True), k2.to(dev, non_blocking=True)
+        q1, q2 = q1.to(dev, non_blocking=True), q2.to(dev, non_blocking=True)
         if self.negatives == "semantic":
-            a_lab = lab1[k1.to(lab1.device)]
-            n_lab = torch.cat([lab1[q1.to(lab1.device)], lab2[q2.to(lab2.device)]])
+            a_lab = lab1[k1]
+            n_lab = torch.cat([lab1[q1], lab2[q2]])
             valid = a_lab[:, None] != n_lab[None, :]
         else:
             valid = ids1[k1][:, None] != torch.cat([ids1[q1], ids2[q2]])[None, :]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.constants import IGNORE_INDEX
+from ..core.syncs import on_host
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def sample_view_pair(height: int, width: int, crop_h: int, crop_w: int, stride: 
     lo, hi = iou_range
 
     def draw() -> Box:
-        r = torch.randint(0, ny * nx, (1,), generator=generator).item()
+        r = on_host(torch.randint(0, ny * nx, (1,), generator=generator)).item()
         return Box(int(r // nx) * stride, int(r % nx) * stride, crop_h, crop_w)
 
     first = draw()
@@ -101,7 +102,9 @@ def pool_labels(labels: Tensor, stride: int, num_classes: int) -> Tensor:
     dev = labels.device
     cell = (torch.arange(H, device=dev) // stride)[:, None] * w + (torch.arange(W, device=dev) // stride)[None, :]
     idx = (torch.arange(B, device=dev)[:, None, None] * (h * w) + cell) * K1 + lab
-    counts = torch.bincount(idx.reshape(-1), minlength=B * h * w * K1).view(B, h, w, K1)
+    flat = idx.reshape(-1)  # a scatter, not bincount: no host read of the maximum
+    counts = torch.zeros(B * h * w * K1, dtype=torch.long, device=dev).scatter_add_(0, flat, torch.ones_like(flat))
+    counts = counts.view(B, h, w, K1)
     out = counts.argmax(-1)
     return torch.where(out == num_classes, torch.full_like(out, IGNORE_INDEX), out)
 

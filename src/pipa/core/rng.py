@@ -19,10 +19,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def step_generator(seed: int, iteration: int) -> torch.Generator:
-    """A CPU generator per (seed, rank, iteration): mixing and augmentation draws are reproducible
-    on resume and differ between ranks."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + rank() * 10_007 + iteration)
+def step_generator(seed: int, iteration: int, micro: int = 0) -> torch.Generator:
+    """A CPU generator per (seed, rank, iteration, micro-batch): mixing and augmentation draws are
+    reproducible on resume and differ between ranks and between the micro-batches of one step
+    (``train.accumulate``)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + rank() * 10_007 + iteration + micro * 100_000_007)
 
 
 def rng_state() -> dict[str, Any]:

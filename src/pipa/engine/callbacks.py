@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config, to_dict
+from ..core.tensors import read_scalars
 from ..evaluation.evaluate import EvalResult, evaluate
 from ..methods import UDAMethod
 from .checkpoint import FORMAT_VERSION, save_checkpoint
@@ -69,17 +70,23 @@ class Logger:
                 self.bar = tqdm(total=self.total, initial=start, desc=cfg.method.name, dynamic_ncols=True)
         self.main = main
 
-    def __call__(self, done: int, loss: torch.Tensor, logs: dict[str, float], lr: float) -> None:
-        if self.main and (done % self.interval == 0 or done == self.total):
-            logs = {"loss/total": float(loss.detach()), **logs, "lr": lr}
+    def due(self, done: int) -> bool:
+        """Is ``done`` a logging step (every ``log_interval`` and the last)?"""
+        return done % self.interval == 0 or done == self.total
+
+    def __call__(self, done: int, loss: torch.Tensor, logs: dict[str, torch.Tensor | float], lr: float) -> None:
+        """The step's logs stay on the device; they are read (one host read for all) only when due."""
+        if self.main and self.due(done):
+            values = read_scalars({"loss/total": loss, **logs, "lr": lr})
             if self.writer is not None:
-                for k, v in logs.items():
+                for k, v in values.items():
                     self.writer.add_scalar(k, v, done)
             if self.progress == "log":
-                say(self.progress, f"[{self.name}] it {done}/{self.total} loss {logs['loss/total']:.4f}")
+                say(self.progress, f"[{self.name}] it {done}/{self.total} loss {values['loss/total']:.4f}")
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{values['loss/total']:.3f}")
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
 
     def close(self) -> None:
         """Close the progress bar and flush TensorBoard."""
@@ -161,6 +168,38 @@ class Checkpointer:
         return f"the last checkpoint ({self.path}) is intact: fix the cause (a lower optim.lr?) and continue with --resume"
 
 
+class NonfiniteGuard:
+    """Watches the loss without a host synchronisation per step: ``update`` keeps, on the device,
+    the first (1-based) iteration whose loss was not finite and the loss terms of that step;
+    ``check`` reads them on the host (every step on the CPU, every ``log_interval`` and before each
+    checkpoint or evaluation on a GPU: ``train.finite_check``) and returns the error to raise."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms: dict[str, torch.Tensor] = {}
+
+    def update(self, iteration: int, loss: torch.Tensor, logs: dict[str, torch.Tensor | float]) -> None:
+        """Record ``iteration`` (1-based) if its loss is the first non-finite one (device ops only)."""
+        new = ~torch.isfinite(loss.detach()) & (self.first < 0)
+        self.first = torch.where(new, iteration, self.first)
+        for k, v in logs.items():
+            if k.startswith("loss/"):
+                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v)).to(new.device, non_blocking=True)
+                self.terms[k] = torch.where(new, v, self.terms.get(k, torch.zeros((), device=new.device)))
+
+    def check(self, done: int, last_good: str) -> FloatingPointError | None:
+        """None while every loss was finite; else the one-line error (the host read happens here)."""
+        values = read_scalars({"first": self.first, **self.terms})
+        first = int(values.pop("first"))
+        if first < 0:
+            return None
+        bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+        which = f" ({', '.join(bad)})" if bad else ""
+        when = ("stopped before the optimiser step" if first == done else
+                f"found at iteration {done} (train.finite_check=log reads it every log_interval)")
+        return FloatingPointError(f"loss is not finite at iteration {first}{which}, {when}; {last_good}")
+
+
 class StopSignal:
     """SIGTERM (what job schedulers send before killing a job) and SIGINT-free graceful stop: the
     handler only sets a flag; the loop checks it after each step, writes a checkpoint and stops.
@@ -186,10 +225,13 @@ class StopSignal:
     def _handle(self, signum: int, frame: object) -> None:
         self.flag = True
 
-    def requested(self, world: int, device: torch.device) -> bool:
-        """Has any rank received SIGTERM? (one tiny all-reduce per step under DDP, none otherwise)"""
+    def requested(self, world: int, device: torch.device, done: int = 0, every: int = 1) -> bool:
+        """Has any rank received SIGTERM? Without DDP: the flag. Under DDP every ``every`` steps, one
+        tiny all-reduce (a host read), so that all ranks stop after the same step."""
         if world == 1:
             return self.flag
+        if done % every:
+            return False
         t = torch.tensor([float(self.flag)], device=device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item() > 0)

@@ -78,24 +78,33 @@ def hflip(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Move every tensor of ``batch`` to ``device`` (non-blocking)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool = False
+              ) -> dict[str, torch.Tensor]:
+    """Move every tensor of ``batch`` to ``device`` (non-blocking; from pinned memory when the
+    DataLoader pinned it); with ``channels_last`` the (B, 3, H, W) images in NHWC memory order."""
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 4 and v.is_floating_point():
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
 
 
 class Streams:
     """The source (and target) streams of a run, each with its flip setting: ``next(device)``
     gives the step's ``{'source': ..., 'target': ...}`` batch."""
 
-    def __init__(self, streams: dict[str, BatchStream], flips: dict[str, bool]) -> None:
-        self.streams, self.flips = streams, flips
+    def __init__(self, streams: dict[str, BatchStream], flips: dict[str, bool], channels_last: bool = False) -> None:
+        self.streams, self.flips, self.channels_last = streams, flips, channels_last
 
     def next(self, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
         """The next batch of every stream, flipped where configured, on ``device``."""
         batch = {}
         for k, s in self.streams.items():
             b = next(s)
-            batch[k] = to_device(hflip(b) if self.flips[k] else b, device)
+            batch[k] = to_device(hflip(b) if self.flips[k] else b, device, self.channels_last)
         return batch
 
     def state(self) -> dict[str, list[int]]:

@@ -30,8 +30,8 @@ from ..core.rng import seed_everything, set_rng_state
 from ..data.datasets import build_dataset
 from ..methods import UDAMethod, build_method, method_terms
 from ..models import build_segmentor
-from .callbacks import (Checkpointer, Clock, Evaluator, Logger, Preempted, Progress, StopSignal, progress_mode, say,
-                        write_skipped)
+from .callbacks import (Checkpointer, Clock, Evaluator, Logger, NonfiniteGuard, Preempted, Progress, StopSignal,
+                        progress_mode, say, write_skipped)
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, remove_stale_temporaries
 from .schedule import lr_factor
 from .streams import BatchStream, Streams
@@ -112,16 +112,28 @@ class Run:
     debug: Callable[[dict[str, torch.Tensor], int], None] | None  # debug image grids
     class_names: list[str]
     stop: StopSignal
+    guard: NonfiniteGuard
+    finite_every_step: bool  # train.finite_check resolved: read the guard every step (CPU) or when due
 
     def autocast(self) -> AbstractContextManager:
         """Autocast to ``train.amp``'s dtype (a no-op when it is off)."""
         dtype = self.amp_dtype or torch.float32
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp_dtype is not None)
 
-    def optimise(self, loss: torch.Tensor) -> None:
-        """Backward, optional gradient clipping, optimiser and scheduler step."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's share of the step's loss (gradients add up)."""
+        self.scaler.scale(loss / self.cfg.train.accumulate).backward()
+
+    def check_finite(self, done: int, due: bool) -> None:
+        """Raise the guard's error if a loss was not finite; read on the host only when ``due`` or
+        when the guard reads every step (``train.finite_check``)."""
+        if due or self.finite_every_step:
+            err = self.guard.check(done, self.checkpointer.last_good())
+            if err is not None:
+                raise err
+
+    def optimise(self) -> None:
+        """Optional gradient clipping, optimiser and scheduler step; gradients cleared for the next."""
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -129,6 +141,7 @@ class Run:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def train(cfg: Config, resume: bool = False, progress: str = "auto", allow_changes: bool = False) -> TrainResult:
@@ -141,20 +154,25 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto", allow_chang
     method.train()
     with run.stop:  # SIGTERM: finish the step, write a checkpoint, stop (Preempted)
         for it in range(run.progress.iteration, total):
-            batch = run.streams.next(run.device)
-            with run.autocast():
-                loss, logs = method.step(batch, it)
-            if not torch.isfinite(loss):  # before the optimiser step: the weights stay as they were
-                raise nonfinite_loss(run, it + 1, loss, logs)
-            run.optimise(loss)
-            method.after_step(it)
             done = it + 1
+            for micro in range(cfg.train.accumulate):  # gradients of the micro-batches add up
+                batch = run.streams.next(run.device)
+                with run.autocast():
+                    loss, logs = method.step(batch, it, micro)
+                run.guard.update(done, loss, logs)  # device ops only: no host synchronisation
+                run.check_finite(done, due=False)  # CPU: before the optimiser step
+                run.backward(loss)
+            run.optimise()
+            method.after_step(it)
+            stop = run.stop.requested(run.world, run.device, done, cfg.train.log_interval)
+            run.check_finite(done, due=run.logger.due(done) or run.evaluator.due(done) or run.checkpointer.due(done)
+                             or stop)  # GPU: the weights may be poisoned, but are never written
             run.logger(done, loss, logs, run.optimizer.param_groups[0]["lr"])
             if run.debug is not None and done % cfg.train.debug_interval == 0:
                 run.debug(method.debug, done)
             if run.evaluator.due(done):
                 run.evaluator(done)
-            if run.checkpointer.due(done) or run.stop.requested(run.world, run.device):
+            if run.checkpointer.due(done) or stop:
                 clock.lap()
                 run.checkpointer(done)
                 if run.stop.flag:
@@ -164,14 +182,6 @@ def train(cfg: Config, resume: bool = False, progress: str = "auto", allow_chang
         clock.lap()
         run.logger.close()
         return finish(run)
-
-
-def nonfinite_loss(run: Run, iteration: int, loss: torch.Tensor, logs: dict[str, float]) -> FloatingPointError:
-    """The error for a non-finite loss at (1-based, as logged) ``iteration``, naming the terms."""
-    terms = [f"{k}={v}" for k, v in logs.items() if k.startswith("loss/") and not math.isfinite(v)]
-    which = f" ({', '.join(terms)})" if terms else ""
-    return FloatingPointError(f"loss is {float(loss.detach())} at iteration {iteration}{which}, stopped before the optimiser "
-                              f"step; {run.checkpointer.last_good()}")
 
 
 def finish(run: Run) -> TrainResult:
@@ -210,6 +220,7 @@ def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) 
 
     seed_everything(cfg.train.seed + rank)
     method = build_method(cfg, build_segmentor(cfg.model, class_names)).to(device)
+    channels_last = apply_speed_settings(cfg, method, device)
     target = None
     if method.uses_target:
         if cfg.data.target is None:
@@ -224,8 +235,9 @@ def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) 
         method.wrap_student(lambda m: DDP(m, device_ids=ids))
 
     o = cfg.optim
+    fused = o.fused == "on" or (o.fused == "auto" and device.type == "cuda")
     optim = torch.optim.AdamW(method.param_groups(o.lr, o.head_lr_mult, o.weight_decay, o.decay_norms), lr=o.lr,
-                              betas=tuple(o.betas), weight_decay=o.weight_decay)
+                              betas=tuple(o.betas), weight_decay=o.weight_decay, **({"fused": True} if fused else {}))
     total = cfg.train.iterations
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda it: lr_factor(it, total, o.warmup_iters, o.warmup_ratio, o.poly_power))
@@ -234,7 +246,8 @@ def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) 
     parts = {"method": method, "optimizer": optim, "scheduler": sched, "scaler": scaler}
     progress, streams_state = restore(cfg, out, parts, resume, device, rank, world, main, allow_changes)
 
-    streams = build_streams(cfg, method, source, target, streams_state, rank, world, out, class_names, mode, main)
+    streams = build_streams(cfg, method, source, target, streams_state, rank, world, out, class_names, mode, main,
+                            channels_last)
     if main:
         write_run_files(cfg, out)
     logger = Logger(cfg, out, mode, progress.iteration, main)
@@ -245,8 +258,26 @@ def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) 
         from ..viz import DebugImages
 
         debug = DebugImages(out / "debug", logger.writer, getattr(source, "palette", None), K)
+    every_step = cfg.train.finite_check == "step" or (cfg.train.finite_check == "auto" and device.type == "cpu")
     return Run(cfg, device, world, main, out, method, optim, sched, scaler, amp_dtype, streams, progress, logger,
-               evaluator, checkpointer, debug, class_names, StopSignal())
+               evaluator, checkpointer, debug, class_names, StopSignal(), NonfiniteGuard(device), every_step)
+
+
+def apply_speed_settings(cfg: Config, method: UDAMethod, device: torch.device) -> bool:
+    """``train.checkpointing``, ``train.channels_last`` (returned, resolved: the batches follow it)
+    and ``train.compile``; none of them changes what is computed beyond rounding."""
+    t = cfg.train
+    if t.checkpointing:
+        encoder = method.model.encoder
+        if not hasattr(encoder, "set_checkpointing"):
+            raise ConfigError(f"train.checkpointing: the {cfg.model.backbone} encoder does not support it")
+        encoder.set_checkpointing(True)
+    channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if t.compile:
+        method.compile_models()
+    return channels_last
 
 
 def restore(cfg: Config, out: Path, parts: dict, resume: bool, device: torch.device, rank: int, world: int,
@@ -295,6 +326,7 @@ def apply_optim_settings(optim: torch.optim.Optimizer, sched: torch.optim.lr_sch
 
 # settings that do not change what is trained (where and how fast it runs, what is printed)
 NEUTRAL_KEYS = ("train.out_dir", "train.overwrite", "train.threads", "train.device", "train.log_interval",
+                "train.compile", "train.channels_last", "train.checkpointing", "train.finite_check", "optim.fused",
                 "train.debug_interval", "train.eval_batch_size", "train.eval_interval", "train.checkpoint_interval",
                 "data.num_workers", "data.cache_dir")
 FIXED_SECTIONS = ("method.", "model.", "data.", "optim.decay_norms")  # a change here makes it another run
@@ -351,7 +383,7 @@ def _row_iteration(row: str) -> int:
 
 def build_streams(cfg: Config, method: UDAMethod, source: Dataset, target: Dataset | None,
                   state: dict[str, list[int]], rank: int, world: int, out: Path, class_names: list[str],
-                  mode: str, main: bool) -> Streams:
+                  mode: str, main: bool, channels_last: bool = False) -> Streams:
     """Source stream (by rare class sampling when the method asks for it) and target stream."""
     def stream(ds: Dataset, key: str, salt: int, rcs: object = None) -> BatchStream:
         ep, off = state.get(key, [0, 0])
@@ -371,7 +403,7 @@ def build_streams(cfg: Config, method: UDAMethod, source: Dataset, target: Datas
     streams, flips = {"source": stream(source, "source", 0, rcs)}, {"source": cfg.data.source.hflip}
     if target is not None and cfg.data.target is not None:
         streams["target"], flips["target"] = stream(target, "target", 1), cfg.data.target.hflip
-    return Streams(streams, flips)
+    return Streams(streams, flips, channels_last)
 
 
 def check_in_sync(method: torch.nn.Module, main: bool) -> None:

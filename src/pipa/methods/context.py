@@ -87,7 +87,7 @@ class StepContext:
         if key not in self._cache:
             assert self.mix_label is not None and self.mix_mask is not None and self.confidence is not None
             lbl = self.mix_label.clone()
-            lbl[~self.mix_mask & (self.confidence <= threshold)] = IGNORE_INDEX
+            lbl = lbl.masked_fill(~self.mix_mask & (self.confidence <= threshold), IGNORE_INDEX)
             self._cache[key] = pool_labels(lbl, self.stride, self.num_classes)
         return self._cache[key]
 

@@ -19,6 +19,7 @@ from ..models import Segmentor
 from .context import Batch, Forward
 from .recipes import Recipe
 from .terms import SharedModules, Term
+from .terms.base import Logs
 
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -48,12 +49,14 @@ class UDAMethod(nn.Module):
         self.__dict__["student"] = model  # kept out of the module tree: state-dict keys do not change
 
     # -- the step -----------------------------------------------------------------------------
-    def step(self, batch: Batch, iteration: int) -> tuple[Tensor, dict[str, float]]:
+    def step(self, batch: Batch, iteration: int, micro: int = 0) -> tuple[Tensor, Logs]:
         """``batch``: ``{'source': {'image' (B,3,H,W), 'label' (B,H,W)}, 'target': {...}}`` ->
-        (scalar loss = recipe loss + Σ weight · term, logs of floats). No backward here."""
+        (scalar loss = recipe loss + Σ weight · term, logs: 0-d tensors left on the device, or floats).
+        No backward and no host synchronisation here. ``micro``: the micro-batch of this step
+        (gradient accumulation), which only changes the step's random draws."""
         if self.requires_clips and "prev_image" not in batch.get("target", {}):
             raise ValueError(f"{self.name} needs target clips (a video dataset, e.g. data.target.clip_length=4)")
-        ctx, loss, logs = self.recipe(batch, iteration, self.model, self.student)
+        ctx, loss, logs = self.recipe(batch, iteration, self.model, self.student, micro)
         for term in self.terms.values():
             if term.applies(ctx):
                 value, term_logs = term(ctx)
@@ -106,6 +109,19 @@ class UDAMethod(nn.Module):
         self._ddp = True
         for part in [*self.shared.members(), *self.terms.values()]:
             part.wrap(wrap)
+
+    def compile_models(self, **kwargs: Any) -> None:
+        """``torch.compile`` the segmentor passes of a step, in place (state-dict keys unchanged): the
+        student, the EMA teacher and any frozen encoder the terms hold. The terms' small heads and
+        samplers stay eager (their row counts change every step)."""
+        self.model.compile(**kwargs)
+        teacher = getattr(self.recipe, "teacher", None)
+        if teacher is not None:
+            teacher.ema.compile(**kwargs)
+        for term in self.terms.values():
+            frozen = getattr(term, "imnet", None)
+            if isinstance(frozen, nn.Module):
+                frozen.compile(**kwargs)
 
     def export_model(self) -> Segmentor:
         """The deployable segmentor: training-only modules (teacher, heads, memory) are not part of it."""

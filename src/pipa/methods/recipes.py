@@ -25,6 +25,7 @@ from ..uda.augment import strong_augment
 from ..uda.mixing import classmix, classmix_masks
 from ..uda.teacher import EMATeacher, empty_label_images, pseudo_label, supervised_ce, weighted_ce
 from .context import Batch, Forward, StepContext
+from .terms.base import Logs
 
 
 class Recipe(nn.Module):
@@ -42,8 +43,8 @@ class Recipe(nn.Module):
         return strong_augment(images, a.jitter_p, a.jitter_strength, a.blur_p, tuple(a.blur_sigma), generator,
                               a.jitter_ops)
 
-    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward
-                ) -> tuple[StepContext, Tensor, dict[str, float]]:
+    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward, micro: int = 0
+                ) -> tuple[StepContext, Tensor, Logs]:
         """One step's passes and loss: ``batch['source']`` (and ``batch['target']``) -> context,
         scalar loss, logs."""
         raise NotImplementedError
@@ -62,16 +63,15 @@ class SourceOnly(Recipe):
         super().__init__(aug, seed)
         self.augment_source = augment_source
 
-    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward
-                ) -> tuple[StepContext, Tensor, dict[str, float]]:
+    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward, micro: int = 0
+                ) -> tuple[StepContext, Tensor, Logs]:
         src = batch["source"]
-        gen = step_generator(self.seed, iteration)
+        gen = step_generator(self.seed, iteration, micro)
         image = self.augment(src["image"], gen) if self.augment_source else src["image"]
         out = student(image)
         loss = supervised_ce(out.logits, src["label"])
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out)
-        return ctx, loss, {"loss/source_ce": float(loss.detach()),
-                           "data/empty_label_images": float(empty_label_images(src["label"]))}
+        return ctx, loss, {"loss/source_ce": loss.detach(), "data/empty_label_images": empty_label_images(src["label"])}
 
 
 class SelfTraining(Recipe):
@@ -85,16 +85,16 @@ class SelfTraining(Recipe):
         self.t = teacher
         self.teacher = EMATeacher(model, teacher.alpha, teacher.mode, teacher.buffers)
 
-    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward
-                ) -> tuple[StepContext, Tensor, dict[str, float]]:
+    def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward, micro: int = 0
+                ) -> tuple[StepContext, Tensor, Logs]:
         src, tgt, t = batch["source"], batch["target"], self.t
-        gen = step_generator(self.seed, iteration)
+        gen = step_generator(self.seed, iteration, micro)
         out_s = student(src["image"])
         loss_src = supervised_ce(out_s.logits, src["label"])  # 0, not NaN, if every label is 255
 
         out_t = self.teacher(tgt["image"])
         pl, pw, conf = pseudo_label(out_t.logits, t.pseudo_threshold, t.weight, t.ignore_top, t.ignore_bottom)
-        mask = classmix_masks(src["label"], src.get("rcs_class"), gen)
+        mask = classmix_masks(src["label"], src.get("rcs_class"), gen, model.num_classes)
         mix_img, mix_lbl, mix_w = classmix(mask, src["image"], tgt["image"], src["label"], pl, pw)
         mix_img = self.augment(mix_img, gen)
         out_m = student(mix_img)
@@ -102,10 +102,10 @@ class SelfTraining(Recipe):
 
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out_s,
                           tgt, self.teacher, out_t, pl, pw, conf, mask, mix_img, mix_lbl, mix_w, out_m)
-        logs = {"loss/source_ce": float(loss_src.detach()), "loss/mix_ce": float(loss_mix.detach()),
-                "data/empty_label_images": float(empty_label_images(src["label"])),
-                "pseudo/confident_fraction": float((conf > t.pseudo_threshold).float().mean()),
-                "pseudo/weight": float(pw.mean())}
+        logs: Logs = {"loss/source_ce": loss_src.detach(), "loss/mix_ce": loss_mix.detach(),
+                      "data/empty_label_images": empty_label_images(src["label"]),
+                      "pseudo/confident_fraction": (conf > t.pseudo_threshold).float().mean(),
+                      "pseudo/weight": pw.mean()}
         return ctx, loss_src + loss_mix, logs
 
     @torch.no_grad()

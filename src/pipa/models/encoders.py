@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class _ConvBNReLU(nn.Sequential):
@@ -52,12 +53,19 @@ class ConvEncoder(nn.Module):
             stages.append(nn.Sequential(*layers))
             cin = c
         self.stages = nn.ModuleList(stages)
+        self.checkpointing = False
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Activation checkpointing of each stage (recomputed in backward; batch-norm running
+        statistics then see each training batch twice)."""
+        self.checkpointing = on
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.stem(x)
         feats = []
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for stage in self.stages:
-            x = stage(x)
+            x = checkpoint(stage, x, use_reentrant=False) if recompute else stage(x)
             feats.append(x)
         return feats
 
@@ -97,6 +105,13 @@ class MiTEncoder(nn.Module):
             config = SegformerConfig(**MIT_PRESETS[preset], drop_path_rate=drop_path_rate)
             self.mit = SegformerModel(config)
         self.channels = list(self.mit.config.hidden_sizes)
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Activation checkpointing of every transformer layer (recomputed in backward)."""
+        if on:
+            self.mit.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.mit.gradient_checkpointing_disable()
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out = self.mit(pixel_values=x, output_hidden_states=True, return_dict=True)

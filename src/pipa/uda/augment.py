@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.syncs import on_host
+
 
 def _gray(x: Tensor) -> Tensor:
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
@@ -29,7 +31,7 @@ def color_jitter(x: Tensor, strength: float, generator: torch.Generator | None =
     b = x.shape[0]
 
     def u(lo: float, hi: float) -> Tensor:
-        return (torch.rand(b, generator=generator, device="cpu") * (hi - lo) + lo).to(x.device, x.dtype)
+        return (torch.rand(b, generator=generator, device="cpu") * (hi - lo) + lo).to(x.device, x.dtype, non_blocking=True)
 
     s = strength
     x = x * u(1 - s, 1 + s).view(-1, 1, 1, 1)
@@ -69,7 +71,7 @@ def color_jitter_reference(x: Tensor, strength: float, generator: torch.Generato
     b = x.shape[0]
 
     def u(lo: float, hi: float) -> Tensor:
-        return (torch.rand(b, generator=generator, device="cpu") * (hi - lo) + lo).to(x.device, x.dtype).view(-1, 1, 1, 1)
+        return (torch.rand(b, generator=generator, device="cpu") * (hi - lo) + lo).to(x.device, x.dtype, non_blocking=True).view(-1, 1, 1, 1)
 
     s = strength
     bright, contrast, sat, hue = u(-s, s), u(max(0.0, 1 - s), 1 + s), u(max(0.0, 1 - s), 1 + s), u(-s, s)
@@ -84,7 +86,7 @@ def color_jitter_reference(x: Tensor, strength: float, generator: torch.Generato
 
     ops = [lambda y: y + bright, lambda y: y * contrast, saturation, hue_shift]
     names = ["brightness", "contrast", "saturation", "hue"]
-    for i in torch.randperm(4, generator=generator).tolist():
+    for i in on_host(torch.randperm(4, generator=generator)).tolist():
         if only is None or names[i] == only:
             x = ops[i](x).clamp(0, 1)
     return x
@@ -92,8 +94,9 @@ def color_jitter_reference(x: Tensor, strength: float, generator: torch.Generato
 
 def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     """Blur each image with its own sigma (B,) (separable kernel, reflect padding)."""
-    smax = float(sigma.max())
+    smax = float(on_host(sigma.cpu().max()))  # sigma: drawn on the host
     r = max(1, int(math.ceil(3 * smax)))
+    sigma = sigma.to(x.device, non_blocking=True)
     r = min(r, min(x.shape[-2:]) - 1)
     t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1).to(x.dtype).clamp_min(1e-3)) ** 2)
@@ -113,12 +116,13 @@ def strong_augment(x: Tensor, jitter_p: float = 0.2, jitter_strength: float = 0.
     ``reference`` = :func:`color_jitter_reference`, ``pipa`` = :func:`color_jitter`), blur with
     ``blur_p``. (B, 3, H, W) in [0, 1] -> same."""
     b = x.shape[0]
-    do_j = (torch.rand(b, generator=generator) < jitter_p).to(x.device)
-    if do_j.any():
+    # the decisions are drawn and read on the host (the step's CPU generator): no GPU synchronisation
+    do_j = on_host(torch.rand(b, generator=generator) < jitter_p)
+    if any(do_j.tolist()):
         jitter = color_jitter_reference if jitter_ops == "reference" else color_jitter
-        x = torch.where(do_j.view(-1, 1, 1, 1), jitter(x, jitter_strength, generator), x)
-    do_b = (torch.rand(b, generator=generator) < blur_p).to(x.device)
-    sig = (torch.rand(b, generator=generator) * (sigma[1] - sigma[0]) + sigma[0]).to(x.device)
-    if do_b.any():
-        x = torch.where(do_b.view(-1, 1, 1, 1), gaussian_blur(x, sig), x)
+        x = torch.where(do_j.to(x.device, non_blocking=True).view(-1, 1, 1, 1), jitter(x, jitter_strength, generator), x)
+    do_b = on_host(torch.rand(b, generator=generator) < blur_p)
+    sig = on_host(torch.rand(b, generator=generator) * (sigma[1] - sigma[0]) + sigma[0])
+    if any(do_b.tolist()):
+        x = torch.where(do_b.to(x.device, non_blocking=True).view(-1, 1, 1, 1), gaussian_blur(x, sig), x)
     return x

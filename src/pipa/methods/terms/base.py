@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..context import StepContext, cells
 
-Logs = dict[str, float]
+Logs = dict[str, Tensor | float]  # values stay on the device; the trainer reads them every log_interval
 
 
 class Term(nn.Module):

@@ -41,4 +41,4 @@ class FeatureDistanceTerm(Term):
             frozen = self.imnet(ctx.model.normalize(ctx.source["image"]))[-1]
         loss = feature_distance(out.encoder_features[-1], frozen, ctx.source["label"], self.classes,
                                 ctx.num_classes, self.min_ratio)
-        return loss, {"loss/feature_distance": float(loss.detach())}
+        return loss, {"loss/feature_distance": loss.detach()}

@@ -54,7 +54,7 @@ class PixelEmbedding(SharedModule):
             return {}
         assert ctx.pseudo_label is not None and ctx.confidence is not None and ctx.teacher is not None
         t_lbl = ctx.pseudo_label.clone()
-        t_lbl[ctx.confidence <= self.target_threshold] = IGNORE_INDEX
+        t_lbl = t_lbl.masked_fill(ctx.confidence <= self.target_threshold, IGNORE_INDEX)
         feats = [cells(ctx.out_teacher.features)]
         labels = [pool_labels(t_lbl, ctx.stride, self.num_classes).reshape(-1)]
         if self.mc.source == "teacher":  # the spec: one more teacher pass, over the source images
@@ -70,9 +70,9 @@ class PixelEmbedding(SharedModule):
         if pick.numel():
             self.memory.push(self.head_ema(f[pick]), lab[pick])
         fill = self.memory.fill().float() / self.memory.size_per_class
-        logs = {"memory/fill": float(fill.mean())}
+        logs: Logs = {"memory/fill": fill.mean()}
         for c, name in enumerate(ctx.model.class_names):
-            logs[f"memory/fill_{name}"] = float(fill[c])
+            logs[f"memory/fill_{name}"] = fill[c]
         return logs
 
     @torch.no_grad()

@@ -32,4 +32,4 @@ class MaskedConsistencyTerm(Term):
         if self.fill == "mean":  # MIC masks the normalised image: a masked block is the mean colour
             masked = masked + (1 - keep) * ctx.model.pixel_mean.to(img.dtype)
         loss = weighted_ce(ctx.student(masked).logits, ctx.pseudo_label, ctx.pseudo_weight)
-        return loss, {"loss/mic_ce": float(loss.detach())}
+        return loss, {"loss/mic_ce": loss.detach()}

@@ -101,17 +101,17 @@ class PatchContrastTerm(Term):
         dev = v.m1.device
         s = self.sampler(v.k1, v.k2, v.lab1, v.lab2, v.ids1, v.ids2, generator)
         # project only the rows that take part: anchors/positives and the negatives of each view
-        e1 = self.project(torch.cat([v.m1[s.k1.to(dev)], v.m1[s.q1.to(dev)]]))
-        rows2 = torch.cat([v.m2[s.k2.to(dev)], v.m2[s.q2.to(dev)]])
+        e1 = self.project(torch.cat([v.m1[s.k1], v.m1[s.q1]]))
+        rows2 = torch.cat([v.m2[s.k2], v.m2[s.q2]])
         if v.teacher2:
             with torch.no_grad():
                 e2 = self.head_ema(rows2)
         else:
             e2 = self.project(rows2)
         A = s.k1.numel()
-        loss = self.loss(e1[:A], e2[:A], torch.cat([e1[A:], e2[A:]]), s.valid.to(dev))
-        logs = {"loss/patch": float(loss.detach()), "sampler/patch/anchors": float(A),
-                "sampler/patch/negatives": float(s.valid.sum(1).float().mean()) if s.valid.numel() else 0.0}
+        loss = self.loss(e1[:A], e2[:A], torch.cat([e1[A:], e2[A:]]), s.valid)
+        logs: Logs = {"loss/patch": loss.detach(), "sampler/patch/anchors": float(A),
+                      "sampler/patch/negatives": s.valid.sum(1).float().mean() if s.valid.numel() else 0.0}
         return loss, logs
 
     def trainable_modules(self) -> list[nn.Module]:

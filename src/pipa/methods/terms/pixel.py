@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ...config import PixelTermConfig
 from ...contrast import ImageSampler, PixelContrastLoss, pair_counts
+from ...core.tensors import class_counts
 from ..context import StepContext, cells
 from .base import Logs, Term, zero_use
 from .embedding import PixelEmbedding
@@ -49,11 +50,11 @@ class PixelContrastTerm(Term):
         loss = self.loss(anchors, a_lab, mem_f, mem_l)
         logs = sample.logs("sampler/pixel", ctx.model.class_names)
         pos, neg = pair_counts(a_lab, torch.cat([a_lab, mem_l]), K)
-        present = torch.bincount(a_lab, minlength=K)[:K] > 0
-        if bool(present.any()):
-            logs["sampler/pixel/positives"] = float(pos[present].mean())
-            logs["sampler/pixel/negatives"] = float(neg[present].mean())
-        logs["loss/pixel"] = float(loss.detach())
+        present = (class_counts(a_lab, K) > 0).float()  # the mean over the classes that have anchors
+        n = present.sum().clamp_min(1)
+        logs["sampler/pixel/positives"] = (pos * present).sum() / n
+        logs["sampler/pixel/negatives"] = (neg * present).sum() / n
+        logs["loss/pixel"] = loss.detach()
         return loss, logs
 
     def idle_loss(self, ctx: StepContext) -> Tensor | None:

@@ -67,7 +67,7 @@ class TemporalContrastTerm(Term):
         tgt, s, K = ctx.target, ctx.stride, self.num_classes
         out_p = ctx.teacher(tgt["prev_image"])
         conf_p, pl_p = out_p.logits.float().softmax(1).max(1)
-        pl_p[conf_p <= self.threshold] = IGNORE_INDEX
+        pl_p = pl_p.masked_fill(conf_p <= self.threshold, IGNORE_INDEX)
         prev_lab = pool_labels(pl_p, s, K)
         prev_pred = F.avg_pool2d(out_p.logits.float(), s, s).argmax(1)
         cur_pred = F.avg_pool2d(ctx.out_mixed.logits.detach().float(), s, s).argmax(1)
@@ -105,10 +105,10 @@ class TemporalContrastTerm(Term):
                 ok = (inp.inb & (inp.warped_lab == inp.cur_lab) & (inp.cur_lab != IGNORE_INDEX)).reshape(-1)
                 matched_valid = ok[sample.index]
                 if matched_valid.numel():
-                    logs["sampler/temporal/flow_matched"] = float(matched_valid.float().mean())
+                    logs["sampler/temporal/flow_matched"] = matched_valid.float().mean()
         loss = self.loss(anchors, a_lab, contrast, c_lab, matched, matched_valid)
         logs.update(sample.logs("sampler/temporal", ctx.model.class_names))
-        logs["loss/temporal"] = float(loss.detach())
+        logs["loss/temporal"] = loss.detach()
         return loss, logs
 
     def idle_loss(self, ctx: StepContext) -> Tensor | None:

@@ -1,0 +1,26 @@
+"""Small tensor helpers that keep a step on the device (no host synchronisation)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .constants import IGNORE_INDEX
+
+
+def class_counts(labels: Tensor, num_classes: int) -> Tensor:
+    """(num_classes,) int64 rows of each class; 255 not counted. Unlike ``bincount`` it never reads
+    the labels' maximum on the host (no GPU synchronisation)."""
+    idx = torch.where(labels == IGNORE_INDEX, num_classes, labels.clamp(0, num_classes - 1)).reshape(-1)
+    out = torch.zeros(num_classes + 1, dtype=torch.long, device=labels.device)
+    return out.scatter_add_(0, idx, torch.ones_like(idx))[:num_classes]
+
+
+def read_scalars(values: dict[str, Tensor | float]) -> dict[str, float]:
+    """A step's logs (0-d tensors on the device, or floats) as floats, with one host read for all."""
+    keys = [k for k, v in values.items() if torch.is_tensor(v)]
+    out = {k: float(v) for k, v in values.items() if not torch.is_tensor(v)}
+    if keys:
+        vals = torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist()  # type: ignore[union-attr]
+        out.update(zip(keys, vals))
+    return {k: out[k] for k in values}
