@@ -121,7 +121,7 @@ def test_rare_class_recrop_follows_the_ten_tries_rule(tmp_path):
     torch.manual_seed(0)
     n, thr = 400, 100
     single = sum(int((ds[i % 4]["label"] == 1).sum()) > thr for i in range(n)) / n
-    found = sum(int((ds.rare_class_item(i % 4, 1, thr)["label"] == 1).sum()) > thr for i in range(n))
+    found = sum(int((ds.sample(i % 4, 1, thr)["label"] == 1).sum()) > thr for i in range(n))
     assert 0.05 < single < 0.6
     assert _binomial_ok(found, n, 1 - (1 - single) ** 10, sigmas=5)
 

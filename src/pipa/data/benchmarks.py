@@ -267,6 +267,26 @@ class IndexedDataset(Dataset):
         return flow, v
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sample(index)
+
+    def sample(self, index: int, cls: int = -1, min_pixels: float = 0.0,
+               generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Item ``index``, its random crop drawn from ``generator`` (None: the global RNG). With a
+        class ``cls`` >= 0 (rare class sampling) and a crop, the crop is re-drawn up to 10 times until
+        it holds more than ``min_pixels`` pixels of ``cls`` (DAFormer's ``min_crop_ratio`` rule; the
+        file is decoded and resized once)."""
+        full = self._full_item(index)
+        if self.crop is None:
+            return full
+        item = _random_crop(full, self.crop, self.cat_max_ratio, generator)
+        for _ in range(9 if cls >= 0 and min_pixels > 0 else 0):
+            if int((item["label"] == cls).sum()) > min_pixels:
+                break
+            item = _random_crop(full, self.crop, self.cat_max_ratio, generator)
+        return item
+
+    def _full_item(self, index: int) -> dict[str, Any]:
+        """Item ``index`` decoded, mapped and resized, not cropped."""
         e = self.entries[index]
         out: dict[str, Any] = {"image": self._image(e.image)}
         H, W = out["image"].shape[-2:]
@@ -278,19 +298,7 @@ class IndexedDataset(Dataset):
                 out["flow"], out["flow_valid"] = self._flow(e, (H, W))
         if self.resize is not None:
             out = _resize_item(out, self.resize)
-        if self.crop is not None:
-            out = _random_crop(out, self.crop, self.cat_max_ratio)
         return out
-
-    def rare_class_item(self, index: int, cls: int, min_pixels: float) -> dict[str, Any]:
-        """Item ``index`` for rare class sampling: with a crop, re-cropped up to 10 times until it
-        holds more than ``min_pixels`` pixels of class ``cls`` (DAFormer's ``min_crop_ratio`` rule)."""
-        item = self[index]
-        for _ in range(9 if self.crop is not None and min_pixels > 0 else 0):
-            if int((item["label"] == cls).sum()) > min_pixels:
-                break
-            item = self[index]
-        return item
 
 
 def _resize_item(item: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
@@ -307,16 +315,17 @@ def _resize_item(item: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     return out
 
 
-def _random_crop(item: dict[str, Any], crop: tuple[int, int], cat_max_ratio: float = 1.0) -> dict[str, Any]:
-    """A random (H, W) crop of every tensor of the item (global torch RNG: seeded per worker). With
+def _random_crop(item: dict[str, Any], crop: tuple[int, int], cat_max_ratio: float = 1.0,
+                 generator: torch.Generator | None = None) -> dict[str, Any]:
+    """A random (H, W) crop of every tensor of the item (from ``generator``, else the global RNG). With
     ``cat_max_ratio`` < 1 the crop is re-drawn up to 10 times while one class covers that share or
     more of its labelled pixels, or it holds a single class (mmseg ``RandomCrop``)."""
     H, W = item["image"].shape[-2:]
     ch, cw = min(crop[0], H), min(crop[1], W)
     lab = item.get("label")
     for _ in range(10 if cat_max_ratio < 1.0 and lab is not None else 1):
-        y = int(torch.randint(0, H - ch + 1, (1,)))
-        x = int(torch.randint(0, W - cw + 1, (1,)))
+        y = int(torch.randint(0, H - ch + 1, (1,), generator=generator))
+        x = int(torch.randint(0, W - cw + 1, (1,), generator=generator))
         if lab is None or cat_max_ratio >= 1.0:
             break
         window = lab[y:y + ch, x:x + cw]

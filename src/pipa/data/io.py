@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 import os
 from pathlib import Path
@@ -149,11 +150,22 @@ def _decode_png16(path: str | Path) -> np.ndarray:
     return rows.view(">u2").reshape(h, w, c).astype(np.uint16)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_no_opencv() -> None:
+    if "cv2" not in _WARNED:
+        _WARNED.add("cv2")
+        warnings.warn("OpenCV is not installed (pip install opencv-python-headless, a pipa dependency): 16-bit PNGs "
+                      "are read by a slow pure-Python decoder (seconds per SYNTHIA label)", RuntimeWarning, stacklevel=3)
+
+
 def read_png16(path: str | Path) -> np.ndarray:
     """A 16-bit PNG with its full sample values, (H, W, C) uint16 in RGB(A) order."""
     try:
         import cv2  # type: ignore[import-not-found]
     except ImportError:
+        _warn_no_opencv()
         return _decode_png16(path)
     if not Path(path).is_file():
         raise DatasetError(f"{path}: file not found")

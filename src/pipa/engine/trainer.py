@@ -388,7 +388,7 @@ def build_streams(cfg: Config, method: UDAMethod, source: Dataset, target: Datas
     def stream(ds: Dataset, key: str, salt: int, rcs: object = None) -> BatchStream:
         ep, off = state.get(key, [0, 0])
         return BatchStream(ds, cfg.data.batch_size, cfg.train.seed * 1000 + salt, rank, world, cfg.data.num_workers,
-                           ep, off, rcs)
+                           ep, off, rcs, pin_memory=torch.cuda.is_available() and cfg.train.device != "cpu")
 
     rcs = None
     if method.rare_class_sampling:
