@@ -113,7 +113,12 @@ class UDAMethod(nn.Module):
     def compile_models(self, **kwargs: Any) -> None:
         """``torch.compile`` the segmentor passes of a step, in place (state-dict keys unchanged): the
         student, the EMA teacher and any frozen encoder the terms hold. The terms' small heads and
-        samplers stay eager (their row counts change every step)."""
+        samplers stay eager (their row counts change every step). Static shapes by default: a step
+        feeds a few fixed sizes (the crop, the patch term's views), each compiled once."""
+        kwargs.setdefault("dynamic", False)
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # a compiler bug falls back to eager (with a warning)
         self.model.compile(**kwargs)
         teacher = getattr(self.recipe, "teacher", None)
         if teacher is not None:
