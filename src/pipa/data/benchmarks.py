@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .io import DatasetError, image_size, read_flow_kitti, read_flow_npy, read_index_png, read_png16, read_rgb, resize_flow
+from .io import (DatasetError, image_size, read_flow_kitti, read_flow_npy, read_index_png, read_png16, read_rgb,
+                 resize_flow, resize_rgb)
 from .mappings import LabelMapping, load_mapping
 
 from ..core.constants import IGNORE_INDEX
@@ -248,11 +249,14 @@ class IndexedDataset(Dataset):
         lab = self.map_label(self.raw_label(e), e.label)  # type: ignore[arg-type]
         return lab[: lab.shape[0] - self.crop_bottom] if self.crop_bottom else lab
 
-    def _image(self, path: Path) -> torch.Tensor:
+    def _image(self, path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(3, H, W) float in [0, 1]; with ``size`` resized as uint8 (bilinear, as mmcv.imresize)."""
         img = read_rgb(path)
         if self.crop_bottom:
             img = img[: img.shape[0] - self.crop_bottom]
-        return torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255
+        if size is not None:
+            img = resize_rgb(img, size)
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
 
     def _flow(self, e: Entry, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         assert e.flow is not None
@@ -288,12 +292,13 @@ class IndexedDataset(Dataset):
     def _full_item(self, index: int) -> dict[str, Any]:
         """Item ``index`` decoded, mapped and resized, not cropped."""
         e = self.entries[index]
-        out: dict[str, Any] = {"image": self._image(e.image)}
+        size = tuple(self.resize) if self.resize is not None else None
+        out: dict[str, Any] = {"image": self._image(e.image, size)}
         H, W = out["image"].shape[-2:]
         if self.labelled:
             out["label"] = torch.from_numpy(self.label(index).astype(np.int64))
         if e.prev is not None:
-            out["prev_image"] = self._image(e.prev)
+            out["prev_image"] = self._image(e.prev, size)
             if e.flow is not None:
                 out["flow"], out["flow_valid"] = self._flow(e, (H, W))
         if self.resize is not None:
@@ -305,7 +310,7 @@ def _resize_item(item: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     """Images bilinear, labels and validity nearest, flow bilinear with per-axis scaling."""
     out = dict(item)
     for k in ("image", "prev_image"):
-        if k in item:
+        if k in item and tuple(item[k].shape[-2:]) != tuple(size):
             out[k] = F.interpolate(item[k][None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
     if "label" in item:
         out["label"] = F.interpolate(item["label"][None, None].float(), size=size, mode="nearest")[0, 0].long()

@@ -60,6 +60,23 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return _with_image(path, "corrupt or unreadable image", lambda im: np.asarray(im.convert("RGB")))
 
 
+def resize_rgb(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> ``size`` (H', W') uint8, bilinear with half-pixel centres and no
+    antialiasing: OpenCV's ``INTER_LINEAR``, what mmcv.imresize (the reference pipelines) uses.
+    Deterministic whatever the thread count; without OpenCV, PyTorch's bilinear on floats."""
+    h, w = int(size[0]), int(size[1])
+    if img.shape[:2] == (h, w):
+        return img
+    try:
+        import cv2  # type: ignore[import-not-found]
+    except ImportError:
+        _warn_no_opencv()
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+        out = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0]
+        return out.round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def read_index_png(path: str | Path) -> np.ndarray:
     """A single-channel label map (palette indices or grey values), (H, W) integer array."""
 

@@ -108,8 +108,15 @@ class MiTEncoder(nn.Module):
 
     def set_checkpointing(self, on: bool) -> None:
         """Activation checkpointing of every transformer layer (recomputed in backward)."""
-        if on:
-            self.mit.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers >= 5.2x: activation_checkpointing_*; older: gradient_checkpointing_*
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.mit, "activation_checkpointing_enable"):
+            if on:
+                self.mit.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.mit.activation_checkpointing_disable()
+        elif on:
+            self.mit.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
             self.mit.gradient_checkpointing_disable()
 
