@@ -14,10 +14,14 @@ all terms active, and prints one Markdown table:
   mode; recomputation by checkpointing is not counted) divided by the median time;
 - peak GB: ``torch.cuda.max_memory_allocated`` over the timed steps;
 - syncs/step: host synchronisations of one step, seen by ``torch.cuda.set_sync_debug_mode`` (CUDA)
-  and, in brackets, the Python-visible ones counted by :class:`pipa.core.syncs.SyncCounter`.
+  and, in brackets, the Python-visible ones counted by :class:`pipa.core.syncs.SyncCounter`;
+- ATen ops/step: operations dispatched by one step (each one kernel launch or more on a GPU). On
+  the H100 the MiT-B5 step was bound by this count, not by arithmetic (README), so it is the
+  figure to watch on a machine without a GPU.
 
 Settings: ``tf32`` (fp32 with TF32 matmuls: the presets' default), ``bf16`` (autocast), ``+ckpt``
-(activation checkpointing of the encoder), ``+compile`` (torch.compile of the segmentor passes).
+(activation checkpointing of the encoder), ``+compile`` (torch.compile of the segmentor passes),
+``+separate`` (source and mixed batches in two encoder passes, ``train.shared_encoder=false``).
 ``--json FILE`` also writes the rows as JSON lines.
 """
 
@@ -67,7 +71,7 @@ def make_batch(B: int, H: int, W: int, K: int, device: torch.device, seed: int =
 def build(method: str, setting: str, device: torch.device, tiny: bool) -> tuple:
     preset, ov = METHODS[method]
     ov = [*ov, "model.pretrained=null", f"train.compile={'+compile' in setting}",
-          f"train.checkpointing={'+ckpt' in setting}", f"train.amp={'bf16' if setting.startswith('bf16') else 'auto'}"]
+          f"train.checkpointing={'+ckpt' in setting}", f"train.shared_encoder={'+separate' not in setting}", f"train.amp={'bf16' if setting.startswith('bf16') else 'auto'}"]
     cfg = load_config(CONFIGS / preset, ov + (TINY if tiny else []))
     torch.manual_seed(0)
     m = build_method(cfg, build_segmentor(cfg.model)).to(device)
@@ -102,6 +106,23 @@ def count_flops(m, opt, batch, amp_dtype, guard, device) -> float:
     return float(fc.get_total_flops())
 
 
+def count_ops(m, opt, batch, it, amp_dtype, guard, device) -> int:
+    """ATen operations dispatched by one step: on a GPU each is a kernel launch or more, so a step of
+    small kernels is bound by this count (the CPU's dispatch time), not by the arithmetic."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step(m, opt, batch, it, amp_dtype, guard, device)
+    return Count.n
+
+
 def cuda_syncs(m, opt, batch, it, amp_dtype, guard, device) -> int:
     """Synchronising CUDA calls of one step, as torch.cuda.set_sync_debug_mode reports them."""
     if device.type != "cuda":
@@ -118,11 +139,11 @@ def cuda_syncs(m, opt, batch, it, amp_dtype, guard, device) -> int:
 
 
 def bench(method: str, setting: str, device: torch.device, tiny: bool, steps: int, warmup: int,
-          flops: dict[str, float]) -> dict:
+          flops: dict[str, float], size: int = 0) -> dict:
     cfg, m, opt, amp_dtype = build(method, setting, device, tiny)
     H, W = cfg.data.source.crop or [512, 512]
-    if tiny:
-        H, W = 64, 64
+    if tiny or size:
+        H, W = size or 64, size or 64
     batch = make_batch(cfg.data.batch_size, H, W, cfg.model.num_classes, device)
     guard = NonfiniteGuard(device)
     m.train()
@@ -147,11 +168,12 @@ def bench(method: str, setting: str, device: torch.device, tiny: bool, steps: in
     with SyncCounter() as counter:
         step(m, opt, batch, it0 + warmup + steps, amp_dtype, guard, device)
     n_cuda = cuda_syncs(m, opt, batch, it0 + warmup + steps + 1, amp_dtype, guard, device)
+    n_ops = count_ops(m, opt, batch, it0 + warmup + steps + 2, amp_dtype, guard, device) if "+compile" not in setting else -1
     err = guard.check(0, "")
     med = statistics.median(times)
     fl = flops.get(method, float("nan"))
     return {"method": method, "setting": setting, "ms": med * 1000, "tflops": fl / med / 1e12, "peak_gb": peak,
-            "cuda_syncs": n_cuda, "python_syncs": counter.total, "warmup_s": warm_s, "finite": err is None,
+            "cuda_syncs": n_cuda, "python_syncs": counter.total, "aten_ops": n_ops, "warmup_s": warm_s, "finite": err is None,
             "gflop_per_step": fl / 1e9}
 
 
@@ -164,8 +186,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget", type=float, default=0, help="seconds: skip the remaining rows once spent (0: none)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--size", type=int, default=0, help="square input size instead of the preset's crop (e.g. 64 to "
+                    "count a MiT-B5 step's ATen ops quickly on the CPU)")
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is available")
     args = ap.parse_args()
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    device = torch.device("cpu" if args.tiny or args.cpu or not torch.cuda.is_available() else "cuda")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; {'tiny MiT 64x64' if args.tiny else 'MiT-B5 512x512'}, "
           f"batch 2 source + 2 target", flush=True)
@@ -177,7 +202,7 @@ def main() -> None:
                 print(f"skipped {method} {setting}: --budget spent", flush=True)
                 continue
             try:
-                row = bench(method, setting, device, args.tiny, args.steps, args.warmup, flops)
+                row = bench(method, setting, device, args.tiny, args.steps, args.warmup, flops, args.size)
             except Exception as exc:  # a row that fails (compile, memory) is reported, the others still run
                 row = {"method": method, "setting": setting, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
             rows.append(row)
@@ -187,14 +212,14 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"\n{name}, torch {torch.__version__}")
-    print("| method | setting | ms/step | TFLOP/s | peak GB | syncs/step (Python) | warm-up s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | setting | ms/step | TFLOP/s | peak GB | syncs/step (Python) | ATen ops/step | warm-up s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['method']} | {r['setting']} | failed: {r['error']} | | | | |")
+            print(f"| {r['method']} | {r['setting']} | failed: {r['error']} | | | | | |")
             continue
         print(f"| {r['method']} | {r['setting']} | {r['ms']:.1f} | {r['tflops']:.1f} | {r['peak_gb']:.2f} | "
-              f"{r['cuda_syncs']} ({r['python_syncs']}) | {r['warmup_s']:.1f} |")
+              f"{r['cuda_syncs']} ({r['python_syncs']}) | {r['aten_ops']} | {r['warmup_s']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,48 @@ def test_bench_gpu_tiny_prints_its_table():
     assert len(rows) == 2 and "failed" not in out.stdout
     cells = rows[0].split("|")
     assert float(cells[3]) > 0 and float(cells[4]) > 0  # ms/step, TFLOP/s
+
+
+def test_shared_encoder_pass_equals_two_passes_on_mit(monkeypatch):
+    """MiT has no batch norm: the source and mixed batches share one encoder pass (fewer kernel
+    launches); the losses and gradients are those of two separate passes."""
+    from pipa.models.segmentor import Segmentor
+    from pipa.core.tensors import read_scalars
+
+    cfg = load_config(PRESET, ["method.name=self_training", "model.backbone=mit_tiny", "model.dropout=0.0",
+                               "method.teacher.pseudo_threshold=0.0"])
+    torch.manual_seed(0)
+    m = build_method(cfg, build_segmentor(cfg.model))
+    for mod in m.modules():
+        if hasattr(mod, "drop_prob"):
+            mod.drop_prob = 0.0
+    assert m.model.batch_independent_encoder and not build_segmentor(load_config(PRESET).model).batch_independent_encoder
+    g = torch.Generator().manual_seed(1)
+    lab = torch.randint(0, 8, (2, 4, 8), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    batch = {"source": {"image": torch.rand(2, 3, 32, 64, generator=g), "label": lab},
+             "target": {"image": torch.rand(2, 3, 32, 64, generator=g)}}
+
+    def run():
+        m.zero_grad()
+        loss, logs = m.step(batch, 3)
+        loss.backward()
+        return read_scalars(logs), {n: p.grad.clone() for n, p in m.model.named_parameters() if p.grad is not None}
+
+    calls = []
+    real_forward = Segmentor.forward
+    def forward(self, *a, **k):
+        if self is m.model:  # the student's calls (the teacher is another Segmentor)
+            calls.append(k.get("split", 0))
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(Segmentor, "forward", forward)
+    joint_logs, joint_grads = run()
+    assert calls == [2]  # one student call for both batches
+    monkeypatch.setattr(Segmentor, "batch_independent_encoder", property(lambda self: False))
+    calls.clear()
+    sep_logs, sep_grads = run()
+    assert calls == [0, 0]
+    for k in ("loss/source_ce", "loss/mix_ce"):
+        assert joint_logs[k] == pytest.approx(sep_logs[k], rel=1e-5)
+    for k in sep_grads:
+        torch.testing.assert_close(joint_grads[k], sep_grads[k], rtol=1e-4, atol=1e-6)

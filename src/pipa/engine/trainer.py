@@ -327,6 +327,7 @@ def apply_optim_settings(optim: torch.optim.Optimizer, sched: torch.optim.lr_sch
 # settings that do not change what is trained (where and how fast it runs, what is printed)
 NEUTRAL_KEYS = ("train.out_dir", "train.overwrite", "train.threads", "train.device", "train.log_interval",
                 "train.compile", "train.channels_last", "train.checkpointing", "train.finite_check", "optim.fused",
+                "train.shared_encoder",
                 "train.debug_interval", "train.eval_batch_size", "train.eval_interval", "train.checkpoint_interval",
                 "data.num_workers", "data.cache_dir")
 FIXED_SECTIONS = ("method.", "model.", "data.", "optim.decay_norms")  # a change here makes it another run

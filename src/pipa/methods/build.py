@@ -53,7 +53,7 @@ def build_recipe(cfg: Config, model: Segmentor, name: str) -> Recipe:
     m, seed = cfg.method, cfg.train.seed
     if name in ("source_only", "oracle", "source_only_aug"):
         return SourceOnly(m.aug, seed, augment_source=name == "source_only_aug")
-    return SelfTraining(model, m.teacher, m.aug, seed)
+    return SelfTraining(model, m.teacher, m.aug, seed, cfg.train.shared_encoder)
 
 
 def method_terms(cfg: Config) -> list[TermSpec]:

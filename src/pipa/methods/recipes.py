@@ -80,24 +80,29 @@ class SelfTraining(Recipe):
 
     uses_target: ClassVar[bool] = True
 
-    def __init__(self, model: Segmentor, teacher: TeacherConfig, aug: AugConfig, seed: int) -> None:
+    def __init__(self, model: Segmentor, teacher: TeacherConfig, aug: AugConfig, seed: int,
+                 shared_encoder: bool = True) -> None:
         super().__init__(aug, seed)
-        self.t = teacher
+        self.t, self.shared_encoder = teacher, shared_encoder
         self.teacher = EMATeacher(model, teacher.alpha, teacher.mode, teacher.buffers)
 
     def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward, micro: int = 0
                 ) -> tuple[StepContext, Tensor, Logs]:
         src, tgt, t = batch["source"], batch["target"], self.t
         gen = step_generator(self.seed, iteration, micro)
-        out_s = student(src["image"])
-        loss_src = supervised_ce(out_s.logits, src["label"])  # 0, not NaN, if every label is 255
-
+        joint = self.shared_encoder and model.batch_independent_encoder and src["image"].shape == tgt["image"].shape
+        if not joint:  # the reference order: source pass, teacher, mix, mixed pass
+            out_s = student(src["image"])
         out_t = self.teacher(tgt["image"])
         pl, pw, conf = pseudo_label(out_t.logits, t.pseudo_threshold, t.weight, t.ignore_top, t.ignore_bottom)
         mask = classmix_masks(src["label"], src.get("rcs_class"), gen, model.num_classes)
         mix_img, mix_lbl, mix_w = classmix(mask, src["image"], tgt["image"], src["label"], pl, pw)
         mix_img = self.augment(mix_img, gen)
-        out_m = student(mix_img)
+        if joint:  # MiT (no batch norm): one encoder pass for both batches, the decoder on each
+            out_s, out_m = student(torch.cat([src["image"], mix_img]), split=src["image"].shape[0])
+        else:
+            out_m = student(mix_img)
+        loss_src = supervised_ce(out_s.logits, src["label"])  # 0, not NaN, if every label is 255
         loss_mix = weighted_ce(out_m.logits, mix_lbl, mix_w)
 
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out_s,

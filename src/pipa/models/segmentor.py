@@ -78,9 +78,25 @@ class Segmentor(nn.Module):
         logits = self.classifier(self.dropout(features))
         return F.interpolate(logits, size, mode="bilinear", align_corners=False)
 
-    def forward(self, images: Tensor, features_only: bool = False) -> SegOutput:
+    @property
+    def batch_independent_encoder(self) -> bool:
+        """Does the encoder treat every image of a batch on its own (no batch norm)? Then images of
+        two batches can share one encoder pass (:meth:`forward` with ``split``)."""
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.encoder.modules())
+
+    def forward(self, images: Tensor, features_only: bool = False, split: int = 0) -> SegOutput | list[SegOutput]:
         """``features_only``: skip the classifier (``logits`` is an empty tensor); training-only
-        heads that need the fused map alone use it."""
+        heads that need the fused map alone use it. ``split`` > 0: ``images`` holds two batches
+        (the first ``split`` images, the rest) that share one encoder pass (fewer, larger kernels)
+        while the decoder, whose batch norm normalises per batch, runs on each: a list of two outputs."""
+        if split:
+            enc = self.encoder(self.normalize(images))
+            outs = []
+            for part in (slice(0, split), slice(split, None)):
+                e = [f[part] for f in enc]
+                feats = self.decoder(e)
+                outs.append(SegOutput(self.classify(feats, tuple(images.shape[-2:])), feats, e))
+            return outs
         enc = self.encoder(self.normalize(images))
         feats = self.decoder(enc)
         if features_only:

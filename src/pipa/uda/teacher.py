@@ -40,7 +40,7 @@ class EMATeacher(nn.Module):
         """``θ̄ ← α_t θ̄ + (1-α_t) θ`` with the warm-up ``α_t`` of :func:`ema_alpha`; buffers copied or averaged."""
         a = ema_alpha(iteration, self.alpha)
         t_params = list(self.ema.parameters())
-        s_params = [p.detach() for p in student.parameters()]
+        s_params = list(student.parameters())  # under no_grad: no detach (one op per tensor) needed
         torch._foreach_mul_(t_params, a)
         torch._foreach_add_(t_params, s_params, alpha=1 - a)
         for tb, sb in zip(self.ema.buffers(), student.buffers()):
