@@ -194,3 +194,55 @@ def test_classifier_is_initialised_like_mmseg():
     assert float(w.bias.abs().max()) == 0.0
     assert float(w.weight.mean()) == pytest.approx(0.0, abs=0.002)
     assert float(w.weight.std()) == pytest.approx(0.01, rel=0.05)  # 19·256 = 4864 draws
+
+
+# the reference's values (lhoyer/DAFormer e6f6e04 configs; docs/parity.md rows), written down
+# from its config files, not from pipa's presets
+REFERENCE_VALUES = {
+    "data.batch_size": 2, "data.source.resize": [720, 1280], "data.source.crop": [512, 512],
+    "data.source.cat_max_ratio": 0.75, "data.target.resize": [512, 1024], "data.target.crop": [512, 512],
+    "data.source.hflip": True, "data.target.hflip": True,
+    "model.pixel_mean": [0.485, 0.456, 0.406], "model.pixel_std": [0.229, 0.224, 0.225],
+    "model.backbone": "mit_b5", "model.decoder": "daformer", "model.decoder_channels": 256,
+    "model.aspp_dilations": [1, 6, 12, 18], "model.aspp_separable": True, "model.bottleneck_kernel": 3,
+    "model.dropout": 0.1, "model.classifier_init_std": 0.01,
+    "optim.lr": 6e-5, "optim.betas": [0.9, 0.999], "optim.weight_decay": 0.01, "optim.head_lr_mult": 10.0,
+    "optim.warmup_iters": 1500, "optim.warmup_ratio": 1e-6, "optim.poly_power": 1.0, "optim.decay_norms": False,
+    "method.teacher.alpha": 0.999, "method.teacher.pseudo_threshold": 0.968, "method.teacher.ignore_top": 15,
+    "method.teacher.ignore_bottom": 120, "method.rcs.temperature": 0.01, "method.rcs.min_pixels": 3000,
+    "method.rcs.min_crop_ratio": 0.5, "method.fd.weight": 0.005,
+    "method.fd.classes": [6, 7, 11, 12, 13, 14, 15, 16, 17, 18], "method.aug.jitter_p": 0.8,
+    "method.aug.jitter_strength": 0.2, "method.aug.blur_p": 0.5, "method.mic.block_size": 32,
+    "method.mic.mask_ratio": 0.7, "method.mic.weight": 1.0, "train.iterations": 40000, "train.accumulate": 1,
+    "eval.input_size": [512, 1024], "eval.align_corners": False,
+}
+
+
+@pytest.mark.parametrize("key", list(REFERENCE_VALUES))
+def test_gta2cs_daformer_preset_has_the_reference_value(key):
+    cfg = load_config(CONFIGS / "gta2cs_daformer.yaml")
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    assert value == pytest.approx(REFERENCE_VALUES[key]) if isinstance(value, float) else value == REFERENCE_VALUES[key]
+
+
+def test_flip_takes_each_image_with_probability_half():
+    from pipa.engine.streams import hflip
+
+    torch.manual_seed(0)
+    x = torch.arange(4.0).view(1, 1, 1, 4).repeat(2000, 1, 1, 1)
+    flipped = hflip({"image": x})["image"][:, 0, 0, 0] == 3.0
+    assert _binomial_ok(int(flipped.sum()), 2000, 0.5)
+
+
+def test_frames_are_resized_bilinearly_with_half_pixel_centres():
+    """mmcv.imresize (cv2 INTER_LINEAR): output pixel x samples the input at (x + 0.5) * in / out - 0.5."""
+    from pipa.data.io import resize_rgb
+
+    row = np.array([0, 40, 80, 120, 160, 200, 240, 255], np.uint8)
+    img = np.repeat(np.repeat(row[None, :, None], 3, 2), 2, 0)  # (2, 8, 3)
+    out = resize_rgb(img, (2, 4))[0, :, 0].astype(float)
+    src = (np.arange(4) + 0.5) * 2 - 0.5  # 0.5, 2.5, 4.5, 6.5: halfway between two input pixels
+    expected = [(int(row[int(s)]) + int(row[int(s) + 1])) / 2 for s in src]
+    assert np.abs(out - expected).max() <= 1.0
