@@ -98,15 +98,16 @@ def naive_patch(v1, v2, negs, valid, tau):
         sn = sum(math.exp(float(a @ negs[m]) / tau) for m in range(len(negs)) if valid[k, m])
         return -math.log(ep / (ep + sn))
 
-    terms = [(one(v1[k], v2[k], k) + one(v2[k], v1[k], k)) / 2 for k in range(len(v1))]
-    return sum(terms) / len(terms)
+    # an anchor without a valid negative has no contrast: it is left out of the mean (as in L_pix)
+    terms = [(one(v1[k], v2[k], k) + one(v2[k], v1[k], k)) / 2 for k in range(len(v1)) if valid[k].any()]
+    return sum(terms) / len(terms) if terms else 0.0
 
 
 def test_patch_loss_matches_naive_loop():
     g = torch.Generator().manual_seed(3)
     v1, v2, negs = _unit(6, 5, g), _unit(6, 5, g), _unit(9, 5, g)
     valid = torch.rand(6, 9, generator=g) > 0.4
-    valid[2] = False  # an anchor with no valid negative: ℓ = -log 1 = 0
+    valid[2] = False  # an anchor with no valid negative: not counted
     got = PatchContrastLoss(0.3)(v1, v2, negs, valid)
     assert got.item() == pytest.approx(naive_patch(v1, v2, negs, valid, 0.3), rel=1e-10)
     full = PatchContrastLoss(0.3)(v1, v2, negs)

@@ -42,18 +42,18 @@ def _check_rows(name: str, x: Tensor, dim: int | None = None) -> None:
 
 
 def _anchor_terms(logits: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-    """``logits`` (n, m) = s/τ; ``pos``/``neg`` (n, m) bool -> (ℓ (n,), qualifies (n,) bool).
+    """``logits`` (n, m) = s/τ; ``pos``/``neg`` (n, m) bool -> (ℓ (n,), qualifies (n,) bool), with
+    ``ℓ_i = -mean_p log(exp(s_p) / (exp(s_p) + Σ_n exp(s_n)))``.
 
-    With the row maximum ``c`` subtracted, ``log(exp(s_p)/(exp(s_p) + Σ_n exp(s_n)))`` is
-    ``(s_p - c) - log(e_p + Σ_n e_n)`` with ``e = exp(s - c) <= 1``: one ``exp`` and one ``log``
-    over the block (about twice as fast on CPU as a masked log-sum-exp plus ``logaddexp``)."""
-    shifted = logits - logits.detach().max(1, keepdim=True).values
-    e = torch.exp(shifted)
-    neg_f, pos_f = neg.to(e.dtype), pos.to(e.dtype)
-    denom = (e + (e * neg_f).sum(1, keepdim=True)).clamp_min(torch.finfo(e.dtype).tiny)
-    log_prob = shifted - torch.log(denom)
-    n_pos = pos_f.sum(1)
-    loss = -(log_prob * pos_f).sum(1) / n_pos.clamp_min(1)
+    Each positive's term is ``s_p - logaddexp(s_p, LSE_n)`` with ``LSE_n`` the log-sum-exp of the
+    row's negatives: stable at any temperature (a shift by the row maximum, the anchor's own column
+    included, made ``exp`` underflow in float32 below τ ≈ 0.023). Columns that are neither positive
+    nor negative take no part, and rows without a negative get a finite value (``qualifies`` False)."""
+    far = torch.finfo(logits.dtype).min / 4  # a finite "minus infinity": exp() is 0 and gradients stay finite
+    lse_neg = torch.logsumexp(torch.where(neg, logits, far), 1, keepdim=True)
+    log_prob = logits - torch.logaddexp(logits, lse_neg)
+    n_pos = pos.sum(1)
+    loss = -torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1) / n_pos.clamp_min(1)
     ok = (n_pos > 0) & neg.any(1)
     return loss, ok
 
@@ -148,7 +148,7 @@ class PatchContrastLoss(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
 
-    def _direction(self, a: Tensor, p: Tensor, negatives: Tensor, valid: Tensor) -> Tensor:
+    def _direction(self, a: Tensor, p: Tensor, negatives: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         inv_t = 1.0 / self.temperature
         pos = (a * p).sum(1, keepdim=True) * inv_t
         neg = a @ negatives.t() * inv_t
@@ -156,8 +156,7 @@ class PatchContrastLoss(nn.Module):
         pos_mask = torch.zeros_like(logits, dtype=torch.bool)
         pos_mask[:, 0] = True
         neg_mask = torch.cat([torch.zeros_like(valid[:, :1]), valid], 1)
-        loss, _ = _anchor_terms(logits, pos_mask, neg_mask)
-        return loss
+        return _anchor_terms(logits, pos_mask, neg_mask)
 
     @_no_autocast
     def forward(self, view1: Tensor, view2: Tensor, negatives: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -175,8 +174,10 @@ class PatchContrastLoss(nn.Module):
         zero = (view1.sum() + view2.sum() + negatives.sum()) * 0.0
         if k == 0:
             return zero
-        both = self._direction(view1, view2, negatives, valid) + self._direction(view2, view1, negatives, valid)
-        return zero + both.mean() / 2
+        l12, ok = self._direction(view1, view2, negatives, valid)
+        l21, _ = self._direction(view2, view1, negatives, valid)  # the same negatives: the same anchors qualify
+        # anchors without a valid negative have no contrast: left out of the mean, as in L_pix
+        return zero + ((l12 + l21) * ok).sum() / ok.sum().clamp_min(1) / 2
 
 
 class TemporalContrastLoss(nn.Module):

@@ -90,13 +90,12 @@ def overlap_cells(a: Box, b: Box, stride: int) -> tuple[tuple[slice, slice], tup
 def pool_labels(labels: Tensor, stride: int, num_classes: int) -> Tensor:
     """Majority label of each ``stride × stride`` cell (255 counts as its own value, so a cell that
     is mostly ignored stays ignored; 255 is never turned into a class; ties go to the lower class
-    id, ignore last). (B, H, W) -> (B, H/s, W/s); H and W must be multiples of ``stride``."""
+    id, ignore last). (B, H, W) -> (B, ⌈H/s⌉, ⌈W/s⌉): a map that is not a multiple of the stride
+    (an uncropped 1914-wide GTA5 frame) gets partial last cells, as the encoder's padded convolutions do."""
     if stride == 1:
         return labels.long()
     B, H, W = labels.shape
-    if H % stride or W % stride:
-        raise ValueError(f"label map {H}x{W} is not a multiple of the stride {stride}")
-    h, w, K1 = H // stride, W // stride, num_classes + 1
+    h, w, K1 = -(-H // stride), -(-W // stride), num_classes + 1
     lab = labels.long()
     lab = torch.where((lab == IGNORE_INDEX) | (lab < 0) | (lab >= num_classes), torch.full_like(lab, num_classes), lab)
     dev = labels.device
@@ -112,8 +111,8 @@ def pool_labels(labels: Tensor, stride: int, num_classes: int) -> Tensor:
 def flow_to_cells(flow: Tensor, valid: Tensor, stride: int) -> tuple[Tensor, Tensor]:
     """Pixel flow (B, 2, H, W) and its validity (B, H, W) -> flow in feature cells (B, 2, h, w)
     (the mean over each cell, divided by the stride) and a cell validity (every pixel valid)."""
-    f = F.avg_pool2d(flow.float(), stride, stride) / stride
-    v = F.avg_pool2d(valid.float().unsqueeze(1), stride, stride).squeeze(1) > 0.999
+    f = F.avg_pool2d(flow.float(), stride, stride, ceil_mode=True) / stride
+    v = F.avg_pool2d(valid.float().unsqueeze(1), stride, stride, ceil_mode=True).squeeze(1) > 0.999
     return f, v
 
 

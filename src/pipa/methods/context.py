@@ -70,8 +70,14 @@ class StepContext:
 
     @property
     def stride(self) -> int:
-        """Image pixels per decoder feature cell."""
-        return self.source["image"].shape[-1] // self.out_source.features.shape[-1]
+        """Image pixels per decoder feature cell, from both sides (a padded encoder gives
+        ⌈H/s⌉ × ⌈W/s⌉ cells: 1914 pixels -> 479 cells is stride 4, not 1914 // 479 = 3)."""
+        H, W = self.source["image"].shape[-2:]
+        h, w = self.out_source.features.shape[-2:]
+        s = max(1, round(W / w))
+        if -(-H // s) != h or -(-W // s) != w:
+            raise ValueError(f"feature map {h}x{w} is not a whole stride of the {H}x{W} input")
+        return s
 
     def source_cells(self) -> Tensor:
         """(B, h, w) source ground truth pooled to feature cells (majority label, 255 if mixed)."""

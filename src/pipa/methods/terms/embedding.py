@@ -27,7 +27,8 @@ class PixelEmbedding(SharedModule):
                  memory: MemoryConfig, target_threshold: float) -> None:
         super().__init__()
         self.head = ProjectionHead(channels, dim, hidden)
-        self.head_ema = EMATeacher(self.head, teacher.alpha, teacher.mode, teacher.buffers)
+        # the teacher-side head embeds a row the same way whatever batch it comes in: running statistics
+        self.head_ema = EMATeacher(self.head, teacher.alpha, "eval", teacher.buffers)
         self.memory = SemanticMemory(num_classes, memory.size_per_class, dim) if memory.size_per_class > 0 else None
         self.mc, self.target_threshold, self.num_classes, self.dim = memory, target_threshold, num_classes, dim
         self.__dict__["project"] = self.head  # the student-side forward; DDP-wrapped under torchrun

@@ -48,7 +48,7 @@ class PatchContrastTerm(Term):
                  num_classes: int, weight: float, start: int = 0) -> None:
         super().__init__(weight, start)
         self.head = ProjectionHead(channels, dim, hidden)
-        self.head_ema = EMATeacher(self.head, teacher.alpha, teacher.mode, teacher.buffers)  # the teacher's view
+        self.head_ema = EMATeacher(self.head, teacher.alpha, "eval", teacher.buffers)  # the teacher's view: running statistics
         self.cfg, self.num_classes = cfg, num_classes
         self.sampler = PatchSampler(cfg.max_anchors, cfg.num_negatives, cfg.negatives)
         self.loss = PatchContrastLoss(cfg.temperature)

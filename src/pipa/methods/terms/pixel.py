@@ -42,7 +42,7 @@ class PixelContrastTerm(Term):
         labels = torch.cat([ctx.source_cells(), ctx.mixed_cells(self.threshold)]).reshape(-1)
         with torch.no_grad():
             logits = torch.cat([ctx.out_source.logits, ctx.out_mixed.logits]).detach().float()
-            probs = cells(F.avg_pool2d(logits, s, s).softmax(1))
+            probs = cells(F.avg_pool2d(logits, s, s, ceil_mode=True).softmax(1))
         sample = self.sampler(labels, probs, ctx.generator)
         feats = torch.cat([cells(ctx.out_source.features), cells(ctx.out_mixed.features)])
         anchors, a_lab = emb.project(feats[sample.index]), labels[sample.index]

@@ -69,8 +69,11 @@ class TemporalContrastTerm(Term):
         conf_p, pl_p = out_p.logits.float().softmax(1).max(1)
         pl_p = pl_p.masked_fill(conf_p <= self.threshold, IGNORE_INDEX)
         prev_lab = pool_labels(pl_p, s, K)
-        prev_pred = F.avg_pool2d(out_p.logits.float(), s, s).argmax(1)
-        cur_pred = F.avg_pool2d(ctx.out_mixed.logits.detach().float(), s, s).argmax(1)
+        # temporal instability: the teacher's prediction on the clean frame τ against its prediction
+        # on frame τ-k (flow-warped below): the same network on two clean frames
+        assert ctx.out_teacher is not None
+        prev_pred = F.avg_pool2d(out_p.logits.float(), s, s, ceil_mode=True).argmax(1)
+        cur_pred = F.avg_pool2d(ctx.out_teacher.logits.float(), s, s, ceil_mode=True).argmax(1)
         # anchors: target cells of the mixed image (frame τ), labelled by confident pseudo-labels
         target_cell = pool_labels((~ctx.mix_mask).long(), s, 2) == 1
         cur_lab = ctx.mixed_cells(self.threshold)
