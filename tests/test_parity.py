@@ -246,3 +246,26 @@ def test_frames_are_resized_bilinearly_with_half_pixel_centres():
     src = (np.arange(4) + 0.5) * 2 - 0.5  # 0.5, 2.5, 4.5, 6.5: halfway between two input pixels
     expected = [(int(row[int(s)]) + int(row[int(s) + 1])) / 2 for s in src]
     assert np.abs(out - expected).max() <= 1.0
+
+
+def test_mic_block_scales_with_the_image_when_auto(monkeypatch):
+    """block_size 0 (auto): the reference's ratio, 1/16 of the crop height (32 px on 512, 64 on 1024);
+    6 px on the demo's 96-pixel-high images."""
+    from pipa.methods.terms import masking
+
+    seen = []
+    real = masking.block_mask
+    monkeypatch.setattr(masking, "block_mask", lambda shape, block, *a, **k: seen.append(block) or real(shape, block, *a, **k))
+    from pipa.methods import build_method
+    from pipa.models import build_segmentor
+
+    for h, w, want in [(96, 192, 6), (256, 256, 16)]:
+        cfg = load_config(PRESET, ["method.name=mic", "model.backbone=mit_tiny"])
+        assert cfg.method.mic.block_size == 0
+        m = build_method(cfg, build_segmentor(cfg.model))
+        g = torch.Generator().manual_seed(0)
+        batch = {"source": {"image": torch.rand(1, 3, h, w, generator=g), "label": torch.zeros(1, h, w, dtype=torch.long)},
+                 "target": {"image": torch.rand(1, 3, h, w, generator=g)}}
+        with torch.no_grad():
+            m.step(batch, 0)
+        assert seen[-1] == want

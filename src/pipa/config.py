@@ -189,7 +189,8 @@ class FDConfig:
 @dataclass
 class MICConfig:
     weight: Annotated[float, NONNEG] = 1.0  # λ_mic (0 disables)
-    block_size: Annotated[int, COUNT] = 16  # pixels (MIC: 32 on DAFormer's 512 crops, 64 on HRDA's 1024 crops)
+    # pixels; 0 = auto: 1/16 of the image height, the reference's ratio (32 on DAFormer's 512 crops, 64 on HRDA's 1024)
+    block_size: Annotated[int, NONNEG] = 0
     mask_ratio: Annotated[float, UNIT] = 0.7
     # what masked blocks show: mean (MIC masks the normalised image, so blocks take the mean colour) | zero (black)
     fill: Literal["mean", "zero"] = "mean"

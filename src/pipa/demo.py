@@ -31,20 +31,25 @@ TRACK_METHODS: dict[str, list[str]] = {
     "video": ["source_only", "adabn", "self_training", "pipa"],
 }
 EXTRA_METHODS: dict[str, list[str]] = {
-    "image": ["daformer", "mic"],
+    "image": ["daformer", "mic", "daformer+pipa", "mic+pipa"],
     "video": ["source_only_aug", "pixel", "oracle"],
 }
 TABLE_ORDER = ["source_only", "adabn", "source_only_aug", "self_training", "daformer", "mic", "pixel", "patch",
-               "pipa", "oracle"]
+               "pipa", "daformer+pipa", "mic+pipa", "oracle"]
 ALL_METHODS = sorted({m for d in (TRACK_METHODS, EXTRA_METHODS) for ms in d.values() for m in ms})
 BASELINES = ("source_only", "adabn", "source_only_aug")  # no target pseudo-labels
-ADAPTED = ("self_training", "daformer", "mic", "pixel", "patch", "pipa")
+ADAPTED = ("self_training", "daformer", "mic", "pixel", "patch", "pipa", "daformer+pipa", "mic+pipa")
+# each PiPa++ row against its base recipe, seed by seed (same term settings on every base)
+PIPA_BASE = {"pixel": "self_training", "patch": "self_training", "pipa": "self_training",
+             "daformer+pipa": "daformer", "mic+pipa": "mic"}
 # Demo rows that are a configuration of a method rather than a method of their own: the PiPa++
 # ablation on the self_training base. ``pipa`` on the video track adds L_temp (pipa_video).
 ROWS: dict[str, tuple[str, list[str]]] = {
     "pixel": ("pipa", ["method.pipa.patch.weight=0", "method.pipa.temporal.weight=0"]),  # base + L_pix
     "patch": ("pipa", ["method.pipa.pixel.weight=0", "method.pipa.temporal.weight=0"]),  # base + L_patch
     "pipa": ("pipa", []),  # base + L_pix + L_patch (+ L_temp on the video track), sampling and memory
+    "daformer+pipa": ("pipa", ["method.pipa.base=daformer"]),  # the same terms on DAFormer's recipe
+    "mic+pipa": ("pipa", ["method.pipa.base=mic"]),  # ... and on MIC's
 }
 EMBEDDING_FIGURE = ("self_training", "pipa")
 
@@ -70,8 +75,9 @@ class DemoOptions:
     resume: bool = False  # reuse finished runs whose resolved config is unchanged
 
 
-def run_config(track: str, method: str, seed: int, opts: DemoOptions) -> Config:
-    """The config of one demo run: the shared preset, changed only where the method needs it."""
+def run_config(track: str, method: str, seed: int, opts: DemoOptions, more: tuple[str, ...] = ()) -> Config:
+    """The config of one demo run: the shared preset, changed only where the method needs it
+    (``more``: further key=value overrides, applied last; ``scripts/ab_demo.py``)."""
     name, extra = ROWS.get(method, (method, []))
     if name == "pipa" and track == "video":
         name = "pipa_video"
@@ -86,7 +92,7 @@ def run_config(track: str, method: str, seed: int, opts: DemoOptions) -> Config:
                       "data.target.num_images=240", "data.val.num_images=60", "train.checkpoint_interval=0"]
     if opts.iterations:
         overrides += [f"train.iterations={opts.iterations}"]
-    return load_config(PRESETS / "synthetic.yaml", overrides)
+    return load_config(PRESETS / "synthetic.yaml", [*overrides, *more])
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -350,13 +356,13 @@ def gains_text(runs: list[dict[str, Any]], track: str) -> str:
         so = base.get("source_only")
         vs_so = f"{v - so:+.1f} over source_only, " if so is not None else ""
         lines.append(f"- {m}: {v:.1f} mIoU, {vs_so}{v - base[best]:+.1f} over {best}.")
-    st = {r["seed"]: r["target_miou"] for r in runs if r["track"] == track and r["method"] == "self_training"}
-    for m in ("pixel", "patch", "pipa"):  # the PiPa++ rows against their base recipe, seed by seed
+    for m, b in PIPA_BASE.items():  # the PiPa++ rows against their base recipe, seed by seed
+        st = {r["seed"]: r["target_miou"] for r in runs if r["track"] == track and r["method"] == b}
         mine = {r["seed"]: r["target_miou"] for r in runs if r["track"] == track and r["method"] == m}
         paired = [mine[s] - st[s] for s in sorted(mine) if s in st]
         if paired:
             per_seed = ", ".join(f"{d:+.1f}" for d in paired)
-            lines.append(f"- {m} − self_training, same seeds: mean {statistics.mean(paired):+.2f} (per seed {per_seed}).")
+            lines.append(f"- {m} − {b}, same seeds: mean {statistics.mean(paired):+.2f} (per seed {per_seed}).")
     return "\n".join(lines)
 
 

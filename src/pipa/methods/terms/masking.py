@@ -27,7 +27,8 @@ class MaskedConsistencyTerm(Term):
     def forward(self, ctx: StepContext) -> tuple[Tensor, Logs]:
         assert ctx.target is not None and ctx.pseudo_label is not None and ctx.pseudo_weight is not None
         img = ctx.augment(ctx.target["image"])
-        keep = block_mask(tuple(img.shape), self.block_size, self.mask_ratio, ctx.generator, img.device)
+        block = self.block_size or max(1, round(img.shape[-2] / 16))  # auto: the reference's block/crop ratio
+        keep = block_mask(tuple(img.shape), block, self.mask_ratio, ctx.generator, img.device)
         masked = img * keep
         if self.fill == "mean":  # MIC masks the normalised image: a masked block is the mean colour
             masked = masked + (1 - keep) * ctx.model.pixel_mean.to(img.dtype)
