@@ -260,7 +260,7 @@ def test_mic_block_scales_with_the_image_when_auto(monkeypatch):
     from pipa.models import build_segmentor
 
     for h, w, want in [(96, 192, 6), (256, 256, 16)]:
-        cfg = load_config(PRESET, ["method.name=mic", "model.backbone=mit_tiny"])
+        cfg = load_config(PRESET, ["method.name=mic"])
         assert cfg.method.mic.block_size == 0
         m = build_method(cfg, build_segmentor(cfg.model))
         g = torch.Generator().manual_seed(0)
