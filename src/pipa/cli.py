@@ -177,6 +177,17 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 1 if args.strict and stats["problems"] else 0
 
 
+def cmd_flow(args: argparse.Namespace) -> int:
+    from .data.flow import compute_flows
+
+    size = tuple(args.size) if args.size else None
+    stats = compute_flows(args.input, args.out, args.offset, args.format, args.method, size,  # type: ignore[arg-type]
+                          args.workers, progress=not args.quiet)
+    print(f"flow t -> t-{args.offset} ({args.method}, {args.format}): {stats['written']} written, "
+          f"{stats['skipped']} already there, {stats['frames']} frames in {args.input}; output in {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import ALL_METHODS, DemoOptions, run_demo
 
@@ -256,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--json", action="store_true", help="print one JSON object")
     ds.add_argument("--strict", action="store_true", help="exit 1 when problems were found")
     ds.set_defaults(func=cmd_data_stats)
+
+    fl = sub.add_parser("flow", help="backward optical flow t -> t-K of a frame folder or video (OpenCV, CPU)")
+    fl.add_argument("input", help="a folder of frames (sorted by name) or a video file")
+    fl.add_argument("--out", required=True, help="output folder")
+    fl.add_argument("--offset", type=int, default=1, help="K: flow from frame t to frame t-K")
+    fl.add_argument("--format", choices=["npy", "davsn", "kitti"], default="npy",
+                    help="npy: float32 (H, W, 2); davsn: int16 x10 (DA-VSN/TPS files); kitti: 16-bit PNG")
+    fl.add_argument("--method", choices=["dis", "dis_fast", "farneback"], default="dis")
+    fl.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize the flow to H x W (u, v rescaled)")
+    fl.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    fl.add_argument("--quiet", action="store_true", help="no progress bar")
+    fl.set_defaults(func=cmd_flow)
 
     d = sub.add_parser("demo", help="train every method on the built-in benchmark and report")
     d.add_argument("--out", default="runs/demo")

@@ -247,7 +247,9 @@ class TemporalTermConfig:
 
 @dataclass
 class MemoryConfig:
-    """Semantic-aware memory: class-wise FIFO queues of teacher embeddings."""
+    """Semantic-aware memory: class-wise FIFO queues of embeddings by the teacher-side (EMA) head:
+    the teacher's features of confidently pseudo-labelled target cells, and source cells (ground
+    truth) with the features ``source`` names."""
 
     size_per_class: Annotated[int, NONNEG] = 512  # 0 disables the memory
     push_per_class: Annotated[int, COUNT] = 64  # entries pushed per class per step (class-balanced)

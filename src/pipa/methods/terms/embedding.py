@@ -1,6 +1,6 @@
 """The pixel embedding shared by ``pixel_contrast`` and ``temporal_contrast``: the projection head
-``h_pix`` (student), its EMA copy (teacher side) and the semantic-aware memory of teacher
-embeddings. Registered once at the method (``shared.pixel_embedding``); training only."""
+``h_pix`` (student), its EMA copy (teacher side) and the semantic-aware memory of embeddings by
+that EMA head (target cells: the teacher's features; source cells: per ``memory.source``). Registered once at the method (``shared.pixel_embedding``); training only."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .base import Logs, SharedModule
 
 class PixelEmbedding(SharedModule):
     """``head`` (C -> D, unit rows), ``head_ema`` (its EMA, updated like the teacher) and, if
-    ``memory.size_per_class > 0``, ``memory`` (K FIFO queues of D-dim teacher embeddings)."""
+    ``memory.size_per_class > 0``, ``memory`` (K FIFO queues of D-dim embeddings by ``head_ema``)."""
 
     project: Callable[[Tensor], Tensor]  # ``head``'s forward, DDP-wrapped under torchrun: (N, C) -> (N, D)
 
@@ -48,9 +48,10 @@ class PixelEmbedding(SharedModule):
 
     @torch.no_grad()
     def after_terms(self, ctx: StepContext) -> Logs:
-        """Push teacher embeddings of confidently labelled cells, class-balanced: target cells whose
-        teacher confidence passes the threshold, and source cells with their ground truth (features
-        per ``memory.source``). Runs after the terms, so this batch is never its own negative."""
+        """Push ``head_ema`` embeddings of confidently labelled cells, class-balanced: the teacher's
+        features of target cells whose teacher confidence passes the threshold, and source cells
+        with their ground truth (the student's detached features with ``memory.source=student``,
+        the teacher's with ``teacher``, none with ``off``). Runs after the terms, so this batch is never its own negative."""
         if self.memory is None or ctx.out_teacher is None:
             return {}
         assert ctx.pseudo_label is not None and ctx.confidence is not None and ctx.teacher is not None
