@@ -119,26 +119,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Inference weights of the student or the EMA teacher from a training checkpoint."""
-    from .config import from_dict
-    from .engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from .models import build_segmentor
+    from .engine.checkpoint import segmentor_from_checkpoint
 
-    path = Path(args.run)
-    ckpt = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
-    cfg = from_dict(ckpt["config"])
-    prefix = {"student": "model.", "teacher": "recipe.teacher.ema."}[args.which]
-    state = {k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"the checkpoint has no {args.which} weights (method '{cfg.method.name}' has no teacher)")
-    old = Path(args.run) / "config.json"
-    names = json.loads(old.read_text()).get("class_names") if old.is_file() else None
-    model = build_segmentor(dataclasses.replace(cfg.model, pretrained=None), names)
-    model.load_state_dict(state)
+    model, iteration = segmentor_from_checkpoint(args.run, args.which)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise FileExistsError(f"{out} is not empty: choose an empty or new folder, or pass --overwrite")
     model.save_pretrained(out)
-    print(f"wrote the {args.which} of iteration {ckpt['iteration']} to {args.out}")
+    print(f"wrote the {args.which} of iteration {iteration} to {args.out}")
     return 0
 
 

@@ -58,3 +58,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         found = state.get("format_version") if isinstance(state, dict) else None
         raise RuntimeError(f"{path} is not a pipa training checkpoint of format {FORMAT_VERSION} (found {found!r})")
     return state
+
+
+def segmentor_from_checkpoint(path: str | Path, which: str = "student"):  # -> tuple[Segmentor, int]
+    """The student's or the EMA teacher's segmentor from a training checkpoint (a run folder or its
+    ``checkpoint.pt``), with the run's class names: (segmentor, iteration)."""
+    import dataclasses
+    import json
+
+    from ..config import from_dict
+    from ..models import build_segmentor
+
+    path = Path(path)
+    ckpt = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path)
+    cfg = from_dict(ckpt["config"])
+    prefix = {"student": "model.", "teacher": "recipe.teacher.ema."}[which]
+    state = {k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"the checkpoint has no {which} weights (method '{cfg.method.name}' has no teacher)")
+    folder = path if path.is_dir() else path.parent
+    names = json.loads((folder / "config.json").read_text()).get("class_names") if (folder / "config.json").is_file() else None
+    model = build_segmentor(dataclasses.replace(cfg.model, pretrained=None), names)
+    model.load_state_dict(state)
+    return model, int(ckpt["iteration"])

@@ -1,0 +1,129 @@
+"""The Python API: load trained weights and segment images.
+
+    import pipa
+    seg = pipa.load("runs/gta2cs_pipa")              # a run folder, its best/, or exported weights
+    labels = seg.predict(["a.png", "b.png"])         # (N, H, W) int64 class ids, each at its own size
+    probs = seg.predict_proba(torch.rand(2, 3, 512, 1024))   # (N, K, H, W)
+
+``images`` may be a float tensor (N, 3, H, W) or (3, H, W) of RGB values in [0, 1] (the form every
+other input is converted to), a uint8 array (H, W, 3) or (N, H, W, 3), a PIL image, a file path,
+or a list of these (images of different sizes are segmented one by one). Predictions follow the
+evaluation protocol of the weights' run (``config.yaml`` next to them: input resize, whole image or
+sliding window, upsampling to the input size); without one, the whole image at its own size.
+Inference runs on the GPU when there is one (``device`` to choose), in inference mode, in batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import EvalConfig
+from .models import Segmentor
+
+
+class Segmenter:
+    """A loaded segmentor with its evaluation protocol: :meth:`predict`, :meth:`predict_proba`."""
+
+    def __init__(self, model: Segmentor, protocol: EvalConfig | None = None, device: str | torch.device | None = None,
+                 batch_size: int = 4) -> None:
+        dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.device, self.batch_size = model.to(dev).eval(), dev, batch_size
+        self.protocol = protocol or EvalConfig()
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class of each id the predictions hold."""
+        return list(self.model.class_names)
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Any) -> Tensor | list[Tensor]:
+        """Class probabilities (N, K, H, W) at each input's own size (a list when sizes differ)."""
+        batches = _as_batches(images)
+        out = [self._probs(b) for b in batches]
+        return out[0] if len(out) == 1 else [p for b in out for p in b]
+
+    def predict(self, images: Any) -> Tensor | list[Tensor]:
+        """Class ids (N, H, W) int64 at each input's own size (a list when sizes differ)."""
+        probs = self.predict_proba(images)
+        if isinstance(probs, list):
+            return [p.argmax(0) for p in probs]
+        return probs.argmax(1)
+
+    def _probs(self, images: Tensor) -> Tensor:
+        from .evaluation.protocols import protocol_logits
+
+        p = self.protocol
+        outs = []
+        for i in range(0, images.shape[0], self.batch_size):
+            x = images[i:i + self.batch_size].to(self.device)
+            logits = protocol_logits(self.model, x, tuple(x.shape[-2:]), p.input_size, p.mode, p.crop, p.stride,
+                                     p.align_corners)
+            outs.append(logits.float().softmax(1).cpu())
+        return torch.cat(outs)
+
+
+def _to_tensor(x: Any) -> Tensor:
+    """One input -> (N, 3, H, W) float in [0, 1]."""
+    from PIL import Image
+
+    if isinstance(x, (str, Path)):
+        from .data.io import read_rgb
+
+        x = read_rgb(x)
+    if isinstance(x, Image.Image):
+        x = np.asarray(x.convert("RGB"))
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or x.shape[-1] != 3:
+            raise ValueError(f"numpy images must be uint8 (H, W, 3) or (N, H, W, 3), got {x.dtype} {x.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(x)).float() / 255
+        return (t.permute(2, 0, 1)[None] if t.dim() == 3 else t.permute(0, 3, 1, 2)).contiguous()
+    if torch.is_tensor(x):
+        if not x.is_floating_point() or x.dim() not in (3, 4) or x.shape[-3] != 3:
+            raise ValueError(f"tensor images must be float (3, H, W) or (N, 3, H, W) in [0, 1], got {x.dtype} "
+                             f"{tuple(x.shape)}")
+        return x[None] if x.dim() == 3 else x
+    raise TypeError(f"cannot segment a {type(x).__name__}: give tensors, uint8 arrays, PIL images or paths")
+
+
+def _as_batches(images: Any) -> list[Tensor]:
+    """Inputs grouped into batches of one size each, in order."""
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    tensors = [_to_tensor(x) for x in items]
+    if all(t.shape[-2:] == tensors[0].shape[-2:] for t in tensors):
+        return [torch.cat(tensors)]
+    return tensors
+
+
+def load(path: str | Path, which: str = "student", device: str | torch.device | None = None,
+         batch_size: int = 4) -> Segmenter:
+    """Trained weights -> :class:`Segmenter`. ``path``: a run folder (``which``: ``student``, the
+    exported weights, or ``teacher``, the EMA teacher of its ``checkpoint.pt``), its ``best/``, a
+    folder written by ``save_pretrained``/``pipa export``. The run's ``config.yaml`` (in the folder
+    or one up) gives the evaluation protocol."""
+    from .config import load_config
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such run folder or weights (hub ids are not supported yet)")
+    folder = p if p.is_dir() else p.parent
+    cfg_file = next((d / "config.yaml" for d in (folder, folder.parent) if (d / "config.yaml").is_file()), None)
+    protocol = load_config(cfg_file).eval if cfg_file is not None else None
+    if which == "student":
+        model = Segmentor.from_pretrained(folder)
+    elif which == "teacher":
+        from .engine.checkpoint import segmentor_from_checkpoint
+
+        model = segmentor_from_checkpoint(folder, "teacher")[0]
+    else:
+        raise ValueError(f"which must be student or teacher, got {which!r}")
+    return Segmenter(model, protocol, device, batch_size)
+
+
+def segment_paths(seg: Segmenter, paths: Sequence[str | Path]) -> list[Tensor]:
+    """Label maps of image files, one by one (each at its own size)."""
+    return [seg.predict(p)[0] for p in paths]  # type: ignore[index]
