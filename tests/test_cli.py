@@ -137,3 +137,12 @@ def test_export_student_and_teacher(tmp_path, capsys):
     assert main(["train", str(PRESET), *tiny_overrides(so, iterations=1)]) == 0
     assert main(["export", str(so), "--which", "teacher", "--out", str(tmp_path / "x")]) == 2
     assert "no teacher weights" in capsys.readouterr().err
+
+
+def test_eval_of_exported_weights_without_a_config_names_the_missing_dataset(tmp_path, capsys):
+    from pipa.config import load_config as _load
+    from pipa.models import build_segmentor
+
+    build_segmentor(_load(PRESET).model).save_pretrained(tmp_path / "w")
+    assert main(["eval", str(tmp_path / "w")]) == 2
+    assert "no config.yaml next to these weights" in capsys.readouterr().err

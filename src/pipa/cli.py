@@ -48,6 +48,9 @@ def _load_for_eval(path: Path, overrides: list[str]):
     run_dir = path if path.is_dir() else path.parent
     # a run folder, its best/ folder (config one level up) or exported weights
     cfg_file = next((d / "config.yaml" for d in (run_dir, run_dir.parent) if (d / "config.yaml").is_file()), None)
+    if cfg_file is None and not any(o.startswith("data.val.") for o in overrides):
+        raise ValueError(f"{run_dir}: no config.yaml next to these weights, so the dataset to evaluate on is unknown: "
+                         "name it, e.g. data.val.name=cityscapes data.val.root=data/cityscapes eval.protocol=gta2cs")
     cfg = load_config(cfg_file, overrides)
     return Segmentor.from_pretrained(path), cfg
 
