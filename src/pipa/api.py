@@ -16,7 +16,7 @@ Inference runs on the GPU when there is one (``device`` to choose), in inference
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,7 +123,3 @@ def load(path: str | Path, which: str = "student", device: str | torch.device | 
         raise ValueError(f"which must be student or teacher, got {which!r}")
     return Segmenter(model, protocol, device, batch_size)
 
-
-def segment_paths(seg: Segmenter, paths: Sequence[str | Path]) -> list[Tensor]:
-    """Label maps of image files, one by one (each at its own size)."""
-    return [seg.predict(p)[0] for p in paths]  # type: ignore[index]
