@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -88,6 +89,13 @@ def test_demo_smoke(tmp_path, capsys):
                  "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in res["runs"]] == ["source_only", "adabn", "self_training", "pipa"]
+    # trained in parallel processes here (2 cores: --jobs auto is 2), each row is its own run's result
+    assert res["options"]["jobs"] == 2 or (os.cpu_count() or 1) < 2
+    for r in res["runs"]:
+        if r["method"] != "adabn":
+            saved = json.loads((out / "image" / r["method"] / "seed0" / "result.json").read_text())
+            assert r["target_miou"] == round(saved["result"]["miou"], 3)
+            assert saved["config"]["train"]["threads"] == (1 if res["options"]["jobs"] == 2 else 0)
     comp = res["runs"][-1]["compactness"]
     assert -1 <= comp["inter"] <= 1 and comp["gap"] == pytest.approx(comp["intra"] - comp["inter"], abs=1e-3)
     for r in res["runs"]:

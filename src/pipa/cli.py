@@ -188,7 +188,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown demo method '{unknown[0]}'; choose from {', '.join(ALL_METHODS)}")
     tracks = ("image", "video") if args.track == "both" else (args.track,)
-    opts = DemoOptions(Path(args.out), args.seeds, tracks, methods, args.quick, args.iterations, args.resume)
+    from .demo import auto_jobs
+
+    jobs = auto_jobs() if args.jobs == 0 else args.jobs
+    if jobs < 0:
+        raise ValueError(f"--jobs must be 0 (auto) or a positive number, got {args.jobs}")
+    opts = DemoOptions(Path(args.out), args.seeds, tracks, methods, args.quick, args.iterations, args.resume, jobs)
     if args.report_only:
         from .demo import report_only
 
@@ -281,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true",
                    help="reuse runs in --out that finished with the same resolved config (an interrupted demo)")
     d.add_argument("--report-only", action="store_true", help="rewrite report.md from --out's results.json")
+    d.add_argument("--jobs", type=int, default=0,
+                   help="runs trained at once, one process each (0: auto, one per CPU core up to 4, 1 on a GPU); "
+                        "each run's thread count (cores // jobs) is recorded in its config")
     d.set_defaults(func=cmd_demo)
     return p
 
