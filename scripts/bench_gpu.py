@@ -218,7 +218,7 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['method']} | {r['setting']} | failed: {r['error']} | | | | | |")
             continue
-        print(f"| {r['method']} | {r['setting']} | {r['ms']:.1f} | {r['tflops']:.1f} | {r['peak_gb']:.2f} | "
+        print(f"| {r['method']} | {r['setting']} | {r['ms']:.1f} | {r['tflops']:.3g} | {r['peak_gb']:.2f} | "
               f"{r['cuda_syncs']} ({r['python_syncs']}) | {r['aten_ops']} | {r['warmup_s']:.1f} |")
 
 

@@ -130,3 +130,77 @@ def test_video_hardness_compares_the_teacher_on_two_clean_frames():
         type(term).inputs = real
     inp = seen["inputs"]
     assert inp.inb.all() and torch.equal(inp.cur_pred, inp.warped_pred)
+
+
+def test_teacher_sees_frame_t_minus_k_in_its_own_pass():
+    """The step runs the teacher once, on frames τ and τ-k in one batch; the temporal term uses that
+    output. Oracle: with a batch-independent teacher (eval mode: running statistics), the joint pass
+    gives what two separate passes give."""
+    cfg = load_config(PRESET.parent / "synthetic_video.yaml", ["method.name=pipa_video", "model.dropout=0.0",
+                                                               "method.teacher.mode=eval"])
+    torch.manual_seed(0)
+    m = build_method(cfg, build_segmentor(cfg.model))
+    g = torch.Generator().manual_seed(3)
+    lab = torch.randint(0, 8, (2, 32, 64), generator=g)
+    batch = {"source": {"image": torch.rand(2, 3, 32, 64, generator=g), "label": lab},
+             "target": {"image": torch.rand(2, 3, 32, 64, generator=g), "prev_image": torch.rand(2, 3, 32, 64, generator=g)}}
+    teacher = m.recipe.teacher
+    calls = []
+    real = type(teacher).forward
+
+    def spy(self, images):
+        if self is teacher:  # the projection heads' EMA copies are EMATeachers too
+            calls.append(images.shape[0])
+        return real(self, images)
+
+    type(teacher).forward = spy
+    try:
+        m.step(batch, 10_000)
+        assert calls == [4]  # one pass: 2 frames τ + 2 frames τ-k
+        m.recipe.teacher_frames = ("prev_image",)
+        out_t, frames = m.recipe.teacher_pass(batch["target"])
+    finally:
+        type(teacher).forward = real
+    alone_t = teacher(batch["target"]["image"])
+    alone_p = teacher(batch["target"]["prev_image"])
+    torch.testing.assert_close(out_t.logits, alone_t.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(frames["prev_image"].features, alone_p.features, rtol=1e-4, atol=1e-5)
+    # before the term's start iteration the teacher sees frame τ alone
+    m.terms["temporal_contrast"].start = 10**9
+    calls.clear()
+    type(teacher).forward = spy
+    try:
+        m.step(batch, 10_000)
+    finally:
+        type(teacher).forward = real
+    assert calls == [2]
+
+
+def test_rows_at_equals_the_rows_of_the_concatenated_maps():
+    """``rows_at`` gathers rows without copying whole maps; oracle: ``cells(cat(maps))[index]``, values
+    and gradients."""
+    from pipa.methods.context import cells, rows_at
+
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.randn(2, 5, 3, 4, generator=g, requires_grad=True)
+    x2 = torch.randn(3, 5, 3, 4, generator=g, requires_grad=True)
+    idx = torch.randperm(60, generator=g)[:25]
+    got, want = rows_at([x1, x2], idx), torch.cat([cells(x1), cells(x2)])[idx]
+    assert torch.equal(got, want)
+    w = torch.randn(got.shape, generator=g)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), [x1, x2]), torch.autograd.grad((want * w).sum(), [x1, x2])):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("size", [(96, 192), (17, 30)])
+def test_target_cells_are_the_strict_majority_of_target_pixels(size):
+    """The temporal term's target cells (an average pool of the mask) equal ``pool_labels``' majority
+    rule with ties to the source, also for partial last cells."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    for p in (0.2, 0.5, 0.8):
+        m = torch.rand(3, *size, generator=g) < p
+        want = pool_labels((~m).long(), 4, 2) == 1
+        got = F.avg_pool2d((~m).float().unsqueeze(1), 4, 4, ceil_mode=True).squeeze(1) > 0.5
+        assert torch.equal(got, want)

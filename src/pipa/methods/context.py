@@ -36,6 +36,8 @@ class StepContext:
       (B, H, W) float (teacher max probability).
       ``mix_mask`` (B, H, W) bool (pasted source pixels), ``mix_image`` (B, 3, H, W) after strong
       augmentation, ``mix_label`` / ``mix_weight`` (B, H, W), ``out_mixed``: the student on it.
+      ``teacher_frames``: the teacher on further target frames the terms asked for (``prev_image``),
+      computed in the same batch as ``out_teacher``.
     Tools: ``student`` is the student's forward (DDP-wrapped under torchrun: use it for every
     student pass), ``model`` the bare segmentor (normalisation, classes), ``teacher`` the EMA
     teacher, ``augment(images)`` the recipe's strong augmentation, ``generator`` the step's CPU
@@ -60,6 +62,7 @@ class StepContext:
     mix_label: Tensor | None = None
     mix_weight: Tensor | None = None
     out_mixed: SegOutput | None = None
+    teacher_frames: dict[str, SegOutput] = field(default_factory=dict)
     _cache: dict[tuple[str, float], Tensor] = field(default_factory=dict, repr=False)
 
     # -- derived per-step quantities (computed once, shared by the terms) ------------------------
@@ -112,3 +115,24 @@ class StepContext:
 def cells(x: Tensor) -> Tensor:
     """(B, C, h, w) feature map -> (B·h·w, C) rows, in (b, y, x) order."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def rows_at(maps: Tensor | list[Tensor], index: Tensor) -> Tensor:
+    """``cells(torch.cat(maps))[index]`` without copying the whole maps: (B, C, h, w) map(s) and
+    (n,) row indices in (map, b, y, x) order -> (n, C), gathered straight from each map (the
+    backward writes only these rows). Maps of one (C, h, w)."""
+    maps = [maps] if isinstance(maps, Tensor) else maps
+    out = None
+    offset = 0
+    for x in maps:
+        B, C, h, w = x.shape
+        n = B * h * w
+        local = (index - offset).clamp(0, n - 1)
+        rows = x.flatten(2)[local // (h * w), :, local % (h * w)]  # (n_index, C)
+        if out is None:
+            out = rows
+        else:
+            out = torch.where((index >= offset)[:, None], rows, out)
+        offset += n
+    assert out is not None
+    return out

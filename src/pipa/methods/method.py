@@ -56,6 +56,9 @@ class UDAMethod(nn.Module):
         (gradient accumulation), which only changes the step's random draws."""
         if self.requires_clips and "prev_image" not in batch.get("target", {}):
             raise ValueError(f"{self.name} needs target clips (a video dataset, e.g. data.target.clip_length=4)")
+        if hasattr(self.recipe, "teacher_frames"):  # frames the terms on in this step need the teacher on
+            self.recipe.teacher_frames = tuple(dict.fromkeys(
+                k for t in self.terms.values() if iteration >= t.start for k in t.teacher_frames))
         ctx, loss, logs = self.recipe(batch, iteration, self.model, self.student, micro)
         for term in self.terms.values():
             if term.applies(ctx):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..config import AugConfig, TeacherConfig
 from ..core.rng import step_generator
-from ..models import Segmentor
+from ..models import Segmentor, SegOutput
 from ..uda.augment import strong_augment
 from ..uda.mixing import classmix, classmix_masks
 from ..uda.teacher import EMATeacher, empty_label_images, pseudo_label, supervised_ce, weighted_ce
@@ -85,6 +85,9 @@ class SelfTraining(Recipe):
         super().__init__(aug, seed)
         self.t, self.shared_encoder = teacher, shared_encoder
         self.teacher = EMATeacher(model, teacher.alpha, teacher.mode, teacher.buffers)
+        # further target frames the teacher sees in its one pass this step (set by the method from
+        # its terms' ``teacher_frames``): one batch, so the frames share the teacher's normalisation
+        self.teacher_frames: tuple[str, ...] = ()
 
     def forward(self, batch: Batch, iteration: int, model: Segmentor, student: Forward, micro: int = 0
                 ) -> tuple[StepContext, Tensor, Logs]:
@@ -93,7 +96,7 @@ class SelfTraining(Recipe):
         joint = self.shared_encoder and model.batch_independent_encoder and src["image"].shape == tgt["image"].shape
         if not joint:  # the reference order: source pass, teacher, mix, mixed pass
             out_s = student(src["image"])
-        out_t = self.teacher(tgt["image"])
+        out_t, frames = self.teacher_pass(tgt)
         pl, pw, conf = pseudo_label(out_t.logits, t.pseudo_threshold, t.weight, t.ignore_top, t.ignore_bottom)
         mask = classmix_masks(src["label"], src.get("rcs_class"), gen, model.num_classes)
         mix_img, mix_lbl, mix_w = classmix(mask, src["image"], tgt["image"], src["label"], pl, pw)
@@ -106,13 +109,29 @@ class SelfTraining(Recipe):
         loss_mix = weighted_ce(out_m.logits, mix_lbl, mix_w)
 
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out_s,
-                          tgt, self.teacher, out_t, pl, pw, conf, mask, mix_img, mix_lbl, mix_w, out_m)
+                          tgt, self.teacher, out_t, pl, pw, conf, mask, mix_img, mix_lbl, mix_w, out_m, frames)
         logs: Logs = {"loss/source_ce": loss_src.detach(), "loss/mix_ce": loss_mix.detach(),
                       "data/empty_label_images": empty_label_images(src["label"]),
                       "pseudo/confident_fraction": (conf > t.pseudo_threshold).float().mean(),
                       "pseudo/weight": pw.mean()}
         return ctx, loss_src + loss_mix, logs
 
+    def teacher_pass(self, tgt: dict[str, Tensor]) -> tuple[SegOutput, dict[str, SegOutput]]:
+        """The teacher on ``tgt['image']`` and on the frames of ``teacher_frames`` in ``tgt``, one batch."""
+        keys = [k for k in self.teacher_frames if k in tgt and tgt[k].shape == tgt["image"].shape]
+        out = self.teacher(torch.cat([tgt["image"], *(tgt[k] for k in keys)]) if keys else tgt["image"])
+        if not keys:
+            return out, {}
+        parts = split_output(out, len(keys) + 1)
+        return parts[0], dict(zip(keys, parts[1:]))
+
     @torch.no_grad()
     def after_step(self, model: Segmentor, iteration: int) -> None:
         self.teacher.update(model, iteration)
+
+
+def split_output(out: SegOutput, n: int) -> list[SegOutput]:
+    """A pass over ``n`` stacked batches -> ``n`` outputs (views, no copies)."""
+    enc = [f.chunk(n) for f in out.encoder_features] if out.encoder_features is not None else None
+    return [SegOutput(lg, ft, None if enc is None else [e[i] for e in enc])
+            for i, (lg, ft) in enumerate(zip(out.logits.chunk(n), out.features.chunk(n)))]

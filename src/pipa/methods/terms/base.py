@@ -22,6 +22,9 @@ class Term(nn.Module):
     """Base class of the terms. Subclasses implement :meth:`forward`; the rest has defaults."""
 
     name: str = "term"
+    # target frames besides ``image`` that the term needs the teacher on (e.g. ``prev_image``): the
+    # recipe runs them in its own teacher pass, one batch (``StepContext.teacher_frames``)
+    teacher_frames: tuple[str, ...] = ()
 
     def __init__(self, weight: float, start: int = 0) -> None:
         super().__init__()

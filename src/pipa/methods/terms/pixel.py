@@ -11,7 +11,7 @@ from torch import Tensor
 from ...config import PixelTermConfig
 from ...contrast import ImageSampler, PixelContrastLoss, pair_counts
 from ...core.tensors import class_counts
-from ..context import StepContext, cells
+from ..context import StepContext, cells, rows_at
 from .base import Logs, Term, zero_use
 from .embedding import PixelEmbedding
 
@@ -41,11 +41,12 @@ class PixelContrastTerm(Term):
         s, K = ctx.stride, self.num_classes
         labels = torch.cat([ctx.source_cells(), ctx.mixed_cells(self.threshold)]).reshape(-1)
         with torch.no_grad():
-            logits = torch.cat([ctx.out_source.logits, ctx.out_mixed.logits]).detach().float()
-            probs = cells(F.avg_pool2d(logits, s, s, ceil_mode=True).softmax(1))
+            pooled = [F.avg_pool2d(o.logits.detach().float(), s, s, ceil_mode=True)
+                      for o in (ctx.out_source, ctx.out_mixed)]
+            probs = cells(torch.cat(pooled).softmax(1))
         sample = self.sampler(labels, probs, ctx.generator)
-        feats = torch.cat([cells(ctx.out_source.features), cells(ctx.out_mixed.features)])
-        anchors, a_lab = emb.project(feats[sample.index]), labels[sample.index]
+        rows = rows_at([ctx.out_source.features, ctx.out_mixed.features], sample.index)
+        anchors, a_lab = emb.project(rows), labels[sample.index]
         mem_f, mem_l = emb.memory_rows(self.sampler.memory_per_class, ctx.generator)
         loss = self.loss(anchors, a_lab, mem_f, mem_l)
         logs = sample.logs("sampler/pixel", ctx.model.class_names)

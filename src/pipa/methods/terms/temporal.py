@@ -13,7 +13,7 @@ from torch import Tensor
 from ...config import PixelTermConfig, TemporalTermConfig
 from ...contrast import TemporalContrastLoss, VideoSampler, flow_to_cells, pool_labels, warp_backward
 from ...core.constants import IGNORE_INDEX
-from ..context import StepContext, cells
+from ..context import StepContext, rows_at
 from .base import Logs, Term, zero_use
 from .embedding import PixelEmbedding
 
@@ -37,10 +37,11 @@ class TemporalInputs:
 
 
 class TemporalContrastTerm(Term):
-    """One extra teacher pass (frame τ-k). Uses the shared pixel embedding and memory. Needs target
+    """The teacher on frame τ-k (in the recipe's teacher batch). Uses the shared pixel embedding and memory. Needs target
     clips (``prev_image``); on image batches it is off."""
 
     name = "temporal_contrast"
+    teacher_frames = ("prev_image",)  # the recipe's teacher pass covers frame τ-k too (one batch)
     embedding: PixelEmbedding  # shared with pixel_contrast; registered once, at the method
 
     def __init__(self, embedding: PixelEmbedding, cfg: TemporalTermConfig, pixel: PixelTermConfig, num_classes: int,
@@ -65,17 +66,21 @@ class TemporalContrastTerm(Term):
         assert ctx.target is not None and ctx.teacher is not None and ctx.out_mixed is not None
         assert ctx.mix_mask is not None
         tgt, s, K = ctx.target, ctx.stride, self.num_classes
-        out_p = ctx.teacher(tgt["prev_image"])
+        out_p = ctx.teacher_frames.get("prev_image")
+        if out_p is None:  # a recipe without the joint pass
+            out_p = ctx.teacher(tgt["prev_image"])
         conf_p, pl_p = out_p.logits.float().softmax(1).max(1)
         pl_p = pl_p.masked_fill(conf_p <= self.threshold, IGNORE_INDEX)
         prev_lab = pool_labels(pl_p, s, K)
         # temporal instability: the teacher's prediction on the clean frame τ against its prediction
         # on frame τ-k (flow-warped below): the same network on two clean frames
         assert ctx.out_teacher is not None
-        prev_pred = F.avg_pool2d(out_p.logits.float(), s, s, ceil_mode=True).argmax(1)
-        cur_pred = F.avg_pool2d(ctx.out_teacher.logits.float(), s, s, ceil_mode=True).argmax(1)
-        # anchors: target cells of the mixed image (frame τ), labelled by confident pseudo-labels
-        target_cell = pool_labels((~ctx.mix_mask).long(), s, 2) == 1
+        B = out_p.logits.shape[0]
+        preds = torch.cat([F.avg_pool2d(o.logits.float(), s, s, ceil_mode=True) for o in (out_p, ctx.out_teacher)]).argmax(1)
+        prev_pred, cur_pred = preds[:B], preds[B:]
+        # anchors: target cells of the mixed image (frame τ), labelled by confident pseudo-labels;
+        # a target cell is one where target pixels are the strict majority (pool_labels' rule)
+        target_cell = F.avg_pool2d((~ctx.mix_mask).float().unsqueeze(1), s, s, ceil_mode=True).squeeze(1) > 0.5
         cur_lab = ctx.mixed_cells(self.threshold)
         cur_lab = torch.where(target_cell, cur_lab, torch.full_like(cur_lab, IGNORE_INDEX))
         if "flow" not in tgt:  # co-located cells
@@ -93,10 +98,10 @@ class TemporalContrastTerm(Term):
         emb, gen, logs = self.embedding, ctx.generator, {}
         lab = inp.cur_lab.reshape(-1)
         sample = self.sampler(lab, inp.cur_pred.reshape(-1), inp.warped_pred.reshape(-1), inp.inb.reshape(-1), gen)
-        anchors, a_lab = emb.project(cells(ctx.out_mixed.features)[sample.index]), lab[sample.index]
+        anchors, a_lab = emb.project(rows_at(ctx.out_mixed.features, sample.index)), lab[sample.index]
         with torch.no_grad():
             c_idx = self.sampler.contrast(inp.prev_lab.reshape(-1), gen)
-            contrast = emb.head_ema(cells(inp.prev_features)[c_idx])
+            contrast = emb.head_ema(rows_at(inp.prev_features, c_idx))
             c_lab = inp.prev_lab.reshape(-1)[c_idx]
             if emb.memory is not None and self.cfg.memory_per_class > 0:
                 mf, ml = emb.memory.get(self.cfg.memory_per_class, gen)
@@ -104,7 +109,7 @@ class TemporalContrastTerm(Term):
             matched = matched_valid = None
             if self.cfg.use_flow and inp.flow_cells is not None:
                 warped_f, _ = warp_backward(inp.prev_features.float(), inp.flow_cells, mode="bilinear")
-                matched = emb.head_ema(cells(warped_f)[sample.index])
+                matched = emb.head_ema(rows_at(warped_f, sample.index))
                 ok = (inp.inb & (inp.warped_lab == inp.cur_lab) & (inp.cur_lab != IGNORE_INDEX)).reshape(-1)
                 matched_valid = ok[sample.index]
                 if matched_valid.numel():
