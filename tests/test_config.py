@@ -38,13 +38,16 @@ def test_bad_values(ov, frag):
         load_config(PRESET, [ov])
 
 
-def test_base_one_level(tmp_path):
-    (tmp_path / "a.yaml").write_text("train: {iterations: 11, seed: 3}\n")
+def test_base_chain_nearest_wins(tmp_path):
+    (tmp_path / "a.yaml").write_text("train: {iterations: 11, seed: 3, log_interval: 7}\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain: {iterations: 12}\n")
     cfg = load_config(tmp_path / "b.yaml")
     assert (cfg.train.iterations, cfg.train.seed) == (12, 3)
-    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
-    with pytest.raises(ConfigError, match="one level"):
+    (tmp_path / "c.yaml").write_text("base: b.yaml\ntrain: {seed: 5}\n")  # c over b over a
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.train.iterations, cfg.train.seed, cfg.train.log_interval) == (12, 5, 7)
+    (tmp_path / "a.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "c.yaml")
 
 

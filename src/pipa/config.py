@@ -1,6 +1,6 @@
 """Configuration: dataclasses are the schema, YAML files are presets, ``key=value`` overrides.
 
-A YAML preset may name one ``base:`` preset (a path relative to itself, one level only). Unknown
+A YAML preset may name a ``base:`` preset (a path relative to itself), which may have its own (up to 4). Unknown
 keys are rejected with the nearest valid name; values are checked against the field types.
 """
 
@@ -71,6 +71,27 @@ KNOWN_TERMS: set[str] = {"feature_distance", "masked_consistency", "pixel_contra
 
 
 @dataclass
+class HRDAConfig:
+    """HRDA's multi-resolution model (Hoyer et al., ECCV 2022; ``models/hrda.py``): the context (the
+    whole crop at ``context_scale``) and a full-resolution detail crop through the same encoder and
+    decoder, fused by a learned scale attention. Off by default."""
+
+    enabled: bool = False
+    context_scale: Annotated[float, Range(0, 1, lo_open=True)] = 0.5  # LR input = crop × this (HRDA: 0.5)
+    detail_crop: Annotated[list[int], Length(2), COUNT] = field(default_factory=lambda: [512, 512])  # (H, W) px
+    crop_divisible: Annotated[int, COUNT] = 8  # detail crop corners on multiples of this (output stride / scale)
+    attention_channels: Annotated[int, COUNT] = 256  # the scale-attention head's width (HRDA: 256)
+    attention_classwise: bool = True  # one attention map per class (HRDA) or one for all
+    detail_loss_weight: Annotated[float, Range(0, 1, hi_open=True)] = 0.1  # λ_d; the fused loss gets 1 - λ_d
+    # inference and pseudo-labels: the detail prediction of the whole input by overlapping windows of
+    # detail_crop (stride detail_crop / 2, HRDA's hr_slide_inference); false: the whole input at full resolution
+    detail_slide: bool = True
+    # the map the PiPa++ terms (and their memory) read: context (the LR decoder map, stride 4 / context_scale)
+    # | detail (the same grid, with the detail pass's map, pooled to it, wherever the detail pass ran)
+    term_features: Literal["context", "detail"] = "context"
+
+
+@dataclass
 class ModelConfig:
     backbone: Backbone = "conv_small"
     pretrained: str | None = None  # hub id or local folder (MiT only)
@@ -86,6 +107,7 @@ class ModelConfig:
     classifier_init_std: Annotated[float | None, POSITIVE] = 0.01
     pixel_mean: Annotated[list[float], Length(3)] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     pixel_std: Annotated[list[float], Length(3), POSITIVE] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    hrda: HRDAConfig = field(default_factory=HRDAConfig)
 
 
 @dataclass
@@ -109,6 +131,9 @@ class DatasetConfig:
     # re-draw the crop (up to 10 times) while one class covers more than this share of its labelled
     # pixels (mmseg RandomCrop; DAFormer: 0.75 on GTA5 source crops); 1 = off
     cat_max_ratio: Annotated[float, Range(0, 1, lo_open=True)] = 1.0
+    # target datasets: (top, bottom, left, right) pixel margins of the (resized) frame whose pseudo-labels
+    # get weight 0, cropped with the image (HRDA's crop_pseudo_margins, "croppl v2": [30, 240, 30, 30])
+    pseudo_margins: Annotated[list[int] | None, Length(4), NONNEG] = None
     frame_offset: Annotated[int, COUNT] = 1  # video datasets: the neighbour frame is t - frame_offset
     flow_root: str | None = None  # video datasets: folder of backward flows t -> t-k (optional)
     flow_format: Literal["npy", "kitti"] = "npy"  # npy (DA-VSN/TPS int16 x10) | kitti (16-bit PNG)
@@ -534,16 +559,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Build a :class:`Config` from an optional YAML preset plus ``key=value`` overrides."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        data = _read_yaml(path)
-        base = data.pop("base", None)
-        if base is not None:
-            base_path = resolve_preset(str(base), path)
-            base_data = _read_yaml(base_path)
-            if "base" in base_data:
-                raise ConfigError(f"{base_path}: 'base' presets may not have a base of their own (one level only)")
-            cfg = merge(cfg, base_data, where=f" in {base_path}")
-        cfg = merge(cfg, data, where=f" in {path}")
+        chain = [(Path(path), _read_yaml(Path(path)))]  # the preset, its base, the base's base, ...
+        while (base := chain[-1][1].pop("base", None)) is not None:
+            base_path = resolve_preset(str(base), chain[-1][0])
+            if base_path in [p.resolve() for p, _ in chain] or len(chain) > 4:
+                raise ConfigError(f"{chain[-1][0]}: 'base: {base}' makes a cycle or a chain of over 4 presets")
+            chain.append((base_path, _read_yaml(base_path)))
+        for where, data in reversed(chain):  # the farthest base first, the preset itself last
+            cfg = merge(cfg, data, where=f" in {where}")
     for text in overrides:
         keys, value = _parse_override(text)
         cfg = merge(cfg, _nest(keys, value), where=" on the command line")

@@ -24,3 +24,15 @@ def read_scalars(values: dict[str, Tensor | float]) -> dict[str, float]:
         vals = torch.stack([values[k].detach().float().reshape(()) for k in keys]).tolist()  # type: ignore[union-attr]
         out.update(zip(keys, vals))
     return {k: out[k] for k in values}
+
+
+def window_positions(size: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows of ``crop`` pixels, ``stride`` apart, along an axis of ``size``
+    pixels; the last window ends flush with the border (mmseg's slide inference). One window at 0 when
+    the axis is not longer than the window."""
+    if size <= crop:
+        return [0]
+    pos = list(range(0, size - crop + 1, stride))
+    if pos[-1] != size - crop:
+        pos.append(size - crop)
+    return pos

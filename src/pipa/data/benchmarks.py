@@ -120,14 +120,14 @@ class IndexedDataset(Dataset):
     def __init__(self, entries: list[Entry], mapping: LabelMapping | None, labelled: bool = True,
                  on_error: str = "raise", resize: tuple[int, int] | None = None, crop: tuple[int, int] | None = None,
                  crop_bottom: int = 0, flow_format: str = "npy", check: bool = True, verify_labels: bool = False,
-                 cat_max_ratio: float = 1.0) -> None:
+                 cat_max_ratio: float = 1.0, pseudo_margins: tuple[int, int, int, int] | None = None) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be raise or skip, got {on_error!r}")
         self.mapping = mapping
         self.class_names = mapping.class_names if mapping else []
         self.labelled = labelled
         self.resize, self.crop, self.crop_bottom, self.flow_format = resize, crop, crop_bottom, flow_format
-        self.cat_max_ratio = cat_max_ratio
+        self.cat_max_ratio, self.pseudo_margins = cat_max_ratio, pseudo_margins
         self.problems: list[dict[str, str]] = []
         self.entries: list[Entry] = []
         self._sizes: dict[Path, tuple[int, int]] = {}  # (H, W) of each image, read by check_entry
@@ -303,7 +303,22 @@ class IndexedDataset(Dataset):
                 out["flow"], out["flow_valid"] = self._flow(e, (H, W))
         if self.resize is not None:
             out = _resize_item(out, self.resize)
+        if self.pseudo_margins is not None:
+            out["valid_pseudo"] = margin_mask(tuple(out["image"].shape[-2:]), self.pseudo_margins)
         return out
+
+
+def margin_mask(size: tuple[int, int], margins: tuple[int, int, int, int]) -> torch.Tensor:
+    """(H, W) bool, False within ``margins`` (top, bottom, left, right) pixels of the frame's border:
+    pseudo-labels there get weight 0 (HRDA's crop_pseudo_margins; cropped along with the image, so
+    only crops at the frame's border lose them)."""
+    top, bottom, left, right = margins
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[:top] = False
+    mask[size[0] - bottom:] = False
+    mask[:, :left] = False
+    mask[:, size[1] - right:] = False
+    return mask
 
 
 def _resize_item(item: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:

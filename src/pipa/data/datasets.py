@@ -140,7 +140,8 @@ def build_real_dataset(cfg: DatasetConfig, num_classes: int, labelled: bool = Tr
     common: dict[str, Any] = {"labelled": labelled, "on_error": cfg.on_error, "flow_format": cfg.flow_format,
                               "resize": tuple(cfg.resize) if cfg.resize else None,
                               "crop": tuple(cfg.crop) if cfg.crop else None, "verify_labels": cfg.verify_labels,
-                              "cat_max_ratio": cfg.cat_max_ratio}
+                              "cat_max_ratio": cfg.cat_max_ratio,
+                              "pseudo_margins": tuple(cfg.pseudo_margins) if cfg.pseudo_margins else None}
     video = {"frame_offset": cfg.frame_offset, "flow_root": cfg.flow_root}
     classes = cfg.classes or B.DEFAULT_CLASSES.get(cfg.name, num_classes)
     if cfg.name == "folder":

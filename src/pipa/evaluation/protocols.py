@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.tensors import window_positions
+
 # Cityscapes 19 trainIds of the SYNTHIA 16 and 13 classes (terrain 9, truck 14, train 16 out;
 # 13 also drops wall 3, fence 4, pole 5).
 CS19_IN_16 = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 15, 17, 18]
@@ -40,23 +42,14 @@ def subsets(protocol: str, num_classes: int) -> list[tuple[str, list[int] | None
     return table[(protocol, num_classes)]
 
 
-def _positions(size: int, crop: int, stride: int) -> list[int]:
-    if size <= crop:
-        return [0]
-    pos = list(range(0, size - crop + 1, stride))
-    if pos[-1] != size - crop:
-        pos.append(size - crop)  # the last window ends at the border
-    return pos
-
-
 def slide_logits(model: torch.nn.Module, images: Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> Tensor:
     """Sliding-window inference: logits of overlapping ``crop`` windows (``stride`` apart, the last
     one flush with the border) summed and divided by the number of windows covering each pixel."""
     B, _, H, W = images.shape
     total: Tensor | None = None
     count = images.new_zeros(1, 1, H, W)
-    for y in _positions(H, crop[0], stride[0]):
-        for x in _positions(W, crop[1], stride[1]):
+    for y in window_positions(H, crop[0], stride[0]):
+        for x in window_positions(W, crop[1], stride[1]):
             win = images[..., y:y + crop[0], x:x + crop[1]]
             out = model(win).logits.float()
             if total is None:

@@ -23,7 +23,7 @@ from ..core.rng import step_generator
 from ..models import Segmentor, SegOutput
 from ..uda.augment import strong_augment
 from ..uda.mixing import classmix, classmix_masks
-from ..uda.teacher import EMATeacher, empty_label_images, pseudo_label, supervised_ce, weighted_ce
+from ..uda.teacher import EMATeacher, empty_label_images, pseudo_label, segmentation_loss
 from .context import Batch, Forward, StepContext
 from .terms.base import Logs
 
@@ -68,8 +68,8 @@ class SourceOnly(Recipe):
         src = batch["source"]
         gen = step_generator(self.seed, iteration, micro)
         image = self.augment(src["image"], gen) if self.augment_source else src["image"]
-        out = student(image)
-        loss = supervised_ce(out.logits, src["label"])
+        out = student(image, **detail_kw(model, image, gen))
+        loss = segmentation_loss(model, out, src["label"])
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out)
         return ctx, loss, {"loss/source_ce": loss.detach(), "data/empty_label_images": empty_label_images(src["label"])}
 
@@ -93,20 +93,23 @@ class SelfTraining(Recipe):
                 ) -> tuple[StepContext, Tensor, Logs]:
         src, tgt, t = batch["source"], batch["target"], self.t
         gen = step_generator(self.seed, iteration, micro)
-        joint = self.shared_encoder and model.batch_independent_encoder and src["image"].shape == tgt["image"].shape
+        joint = self.shared_encoder and model.batch_independent_encoder and not model.hrda \
+            and src["image"].shape == tgt["image"].shape
         if not joint:  # the reference order: source pass, teacher, mix, mixed pass
-            out_s = student(src["image"])
+            out_s = student(src["image"], **detail_kw(model, src["image"], gen))
         out_t, frames = self.teacher_pass(tgt)
         pl, pw, conf = pseudo_label(out_t.logits, t.pseudo_threshold, t.weight, t.ignore_top, t.ignore_bottom)
+        if "valid_pseudo" in tgt:  # the dataset's pseudo-label margins (HRDA's croppl v2)
+            pw = pw * tgt["valid_pseudo"].to(pw.dtype)
         mask = classmix_masks(src["label"], src.get("rcs_class"), gen, model.num_classes)
         mix_img, mix_lbl, mix_w = classmix(mask, src["image"], tgt["image"], src["label"], pl, pw)
         mix_img = self.augment(mix_img, gen)
         if joint:  # MiT (no batch norm): one encoder pass for both batches, the decoder on each
             out_s, out_m = student(torch.cat([src["image"], mix_img]), split=src["image"].shape[0])
         else:
-            out_m = student(mix_img)
-        loss_src = supervised_ce(out_s.logits, src["label"])  # 0, not NaN, if every label is 255
-        loss_mix = weighted_ce(out_m.logits, mix_lbl, mix_w)
+            out_m = student(mix_img, **detail_kw(model, mix_img, gen))
+        loss_src = segmentation_loss(model, out_s, src["label"])  # 0, not NaN, if every label is 255
+        loss_mix = segmentation_loss(model, out_m, mix_lbl, mix_w)
 
         ctx = StepContext(iteration, gen, model, student, partial(self.augment, generator=gen), src, out_s,
                           tgt, self.teacher, out_t, pl, pw, conf, mask, mix_img, mix_lbl, mix_w, out_m, frames)
@@ -128,6 +131,12 @@ class SelfTraining(Recipe):
     @torch.no_grad()
     def after_step(self, model: Segmentor, iteration: int) -> None:
         self.teacher.update(model, iteration)
+
+
+def detail_kw(model: Segmentor, images: Tensor, gen: torch.Generator) -> dict[str, object]:
+    """The keyword of a training pass: HRDA's detail crop, drawn from the step's generator; none
+    for single-resolution models (their draws, and so their runs, are unchanged)."""
+    return {"detail": model.draw_detail_box(images, gen)} if model.hrda else {}
 
 
 def split_output(out: SegOutput, n: int) -> list[SegOutput]:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig, merge
 from .decoders import DAFormerHead, MLPHead
 from .encoders import build_encoder
+from .hrda import Box, Detail, ScaleAttentionHead, draw_box, fuse, hrda_config_check, slide
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -28,6 +29,7 @@ class SegOutput:
     logits: Tensor
     features: Tensor
     encoder_features: list[Tensor] | None = None  # strides 4..32 (feature distance uses them)
+    detail: Detail | None = None  # HRDA training passes: the detail crop's logits and box
 
 
 class Segmentor(nn.Module):
@@ -53,6 +55,11 @@ class Segmentor(nn.Module):
         if cfg.classifier_init_std is not None:  # mmseg BaseDecodeHead: Normal(std=0.01) on conv_seg, bias 0
             nn.init.normal_(self.classifier.weight, 0.0, cfg.classifier_init_std)
             nn.init.zeros_(self.classifier.bias)
+        self.scale_attention: ScaleAttentionHead | None = None
+        if cfg.hrda.enabled:  # HRDA: part of the deployed model
+            hrda_config_check(cfg.hrda)
+            self.scale_attention = ScaleAttentionHead(chans, cfg.hrda.attention_channels,
+                                                      cfg.num_classes if cfg.hrda.attention_classwise else 1, cfg.dropout)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
 
@@ -61,9 +68,24 @@ class Segmentor(nn.Module):
         """K, the number of classes."""
         return self.cfg.num_classes
 
+    @property
+    def hrda(self) -> bool:
+        """Is this HRDA's multi-resolution model (``model.hrda.enabled``)?"""
+        return self.scale_attention is not None
+
     def head_parameters(self) -> list[nn.Parameter]:
-        """Decoder + classifier parameters (trained with the head learning-rate multiplier)."""
-        return [*self.decoder.parameters(), *self.classifier.parameters()]
+        """Decoder + classifier (+ HRDA's scale attention) parameters (trained with the head
+        learning-rate multiplier)."""
+        att = [] if self.scale_attention is None else list(self.scale_attention.parameters())
+        return [*self.decoder.parameters(), *self.classifier.parameters(), *att]
+
+    def draw_detail_box(self, images: Tensor, generator: torch.Generator | None) -> Box | None:
+        """HRDA: the detail crop of a training pass over ``images`` (one per batch); None otherwise."""
+        if not self.hrda:
+            return None
+        h = self.cfg.hrda
+        return draw_box(images.shape[-2], images.shape[-1], (h.detail_crop[0], h.detail_crop[1]), h.crop_divisible,
+                        generator)
 
     def normalize(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 3, H, W) standardised with ``pixel_mean``/``pixel_std``."""
@@ -84,11 +106,16 @@ class Segmentor(nn.Module):
         two batches can share one encoder pass (:meth:`forward` with ``split``)."""
         return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.encoder.modules())
 
-    def forward(self, images: Tensor, features_only: bool = False, split: int = 0) -> SegOutput | list[SegOutput]:
+    def forward(self, images: Tensor, features_only: bool = False, split: int = 0,
+                detail: Box | None = None) -> SegOutput | list[SegOutput]:
         """``features_only``: skip the classifier (``logits`` is an empty tensor); training-only
         heads that need the fused map alone use it. ``split`` > 0: ``images`` holds two batches
         (the first ``split`` images, the rest) that share one encoder pass (fewer, larger kernels)
-        while the decoder, whose batch norm normalises per batch, runs on each: a list of two outputs."""
+        while the decoder, whose batch norm normalises per batch, runs on each: a list of two outputs.
+        HRDA (``model.hrda.enabled``): ``detail`` is the training pass's detail crop (from
+        :meth:`draw_detail_box`); None runs the inference form (detail by sliding windows)."""
+        if self.hrda:
+            return self._forward_hrda(images, features_only, detail)
         if split:
             enc = self.encoder(self.normalize(images))
             outs = []
@@ -102,6 +129,59 @@ class Segmentor(nn.Module):
         if features_only:
             return SegOutput(feats.new_zeros(0), feats, enc)
         return SegOutput(self.classify(feats, tuple(images.shape[-2:])), feats, enc)
+
+    def _single(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        enc = self.encoder(self.normalize(images))
+        return enc, self.decoder(enc)
+
+    def _forward_hrda(self, images: Tensor, features_only: bool, box: Box | None) -> SegOutput:
+        """The context pass, the detail pass (crop ``box``, or sliding windows), the attention and the
+        fusion (``models/hrda.py``)."""
+        h = self.cfg.hrda
+        H, W = images.shape[-2:]
+        lr_img = F.interpolate(images, scale_factor=h.context_scale, mode="bilinear", align_corners=False)
+        enc, f_lr = self._single(lr_img)
+        if features_only and h.term_features == "context":
+            return SegOutput(f_lr.new_zeros(0), f_lr, enc)
+        grid = (-(-H // 4), -(-W // 4))  # the detail branch's stride-4 grid of the input
+
+        def branch(x: Tensor) -> tuple[Tensor, Tensor]:
+            _, f = self._single(x)
+            return self.classifier(self.dropout(f)), f
+
+        if box is not None:
+            hr, f_hr = branch(images[..., box[0]:box[1], box[2]:box[3]])
+            cells_box: Box | None = tuple(v // 4 for v in box)  # type: ignore[assignment]
+        elif h.detail_slide:
+            hr, f_hr = slide(branch, images, (h.detail_crop[0], h.detail_crop[1]), grid)
+            cells_box = None
+        else:
+            hr, f_hr = branch(images)
+            cells_box = None
+        feats = f_lr if h.term_features == "context" else self._detail_features(f_lr, f_hr, cells_box)
+        if features_only:
+            return SegOutput(feats.new_zeros(0), feats, enc)
+        assert self.scale_attention is not None
+        att = torch.sigmoid(self.scale_attention(enc))
+        lr = self.classifier(self.dropout(f_lr))
+        fused = fuse(lr, att, hr, cells_box, grid)
+        logits = F.interpolate(fused, (H, W), mode="bilinear", align_corners=False)
+        detail = None
+        if box is not None:
+            detail = Detail(F.interpolate(hr, (box[1] - box[0], box[3] - box[2]), mode="bilinear", align_corners=False), box)
+        return SegOutput(logits, feats, enc, detail)
+
+    def _detail_features(self, f_lr: Tensor, f_hr: Tensor, cells_box: Box | None) -> Tensor:
+        """``term_features=detail``: the context map with the detail map, average-pooled to its grid,
+        wherever the detail pass ran (the crop in training, everywhere with sliding windows)."""
+        k = round(1 / self.cfg.hrda.context_scale)  # detail cells per context cell, per axis
+        pooled = F.avg_pool2d(f_hr, k, k, ceil_mode=True) if k > 1 else f_hr
+        if cells_box is None:
+            return pooled[..., :f_lr.shape[-2], :f_lr.shape[-1]]
+        y1, y2, x1, x2 = (v // k for v in cells_box)
+        out = f_lr.clone()
+        out[..., y1:y2, x1:x2] = pooled
+        return out
 
     @torch.inference_mode()
     def predict(self, images: Tensor, return_probs: bool = False) -> Tensor:

@@ -114,3 +114,15 @@ def weighted_ce(logits: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
     ce = nn.functional.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
     valid = (labels != IGNORE_INDEX).float()
     return (ce * weight * valid).sum() / valid.sum().clamp_min(1)
+
+
+def segmentation_loss(model, out, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+    """The segmentation loss of a student pass: :func:`supervised_ce` (``weight`` None) or
+    :func:`weighted_ce`; on HRDA's model, of the fused logits and of the detail crop's, weighted
+    ``1 − λ_d`` and ``λ_d`` (``models/hrda.seg_loss``)."""
+    from ..models.hrda import seg_loss
+
+    def ce(logits: Tensor, lab: Tensor, w: Tensor | None) -> Tensor:
+        return supervised_ce(logits, lab) if w is None else weighted_ce(logits, lab, w)
+
+    return seg_loss(out.logits, out.detail, labels, weight, model.cfg.hrda.detail_loss_weight, ce)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ...config import FDConfig
@@ -37,8 +38,12 @@ class FeatureDistanceTerm(Term):
         out = ctx.out_source
         if out.encoder_features is None:
             return out.logits.new_zeros(()), {}
+        image = ctx.source["image"]
+        if ctx.model.hrda:  # HRDA: FD on the context (low-resolution) features, as the reference
+            image = F.interpolate(image, scale_factor=ctx.model.cfg.hrda.context_scale, mode="bilinear",
+                                  align_corners=False)
         with torch.no_grad():
-            frozen = self.imnet(ctx.model.normalize(ctx.source["image"]))[-1]
+            frozen = self.imnet(ctx.model.normalize(image))[-1]
         loss = feature_distance(out.encoder_features[-1], frozen, ctx.source["label"], self.classes,
                                 ctx.num_classes, self.min_ratio)
         return loss, {"loss/feature_distance": loss.detach()}

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ...config import MICConfig
 from ...uda.masking import block_mask
-from ...uda.teacher import weighted_ce
+from ...uda.teacher import segmentation_loss
 from ..context import StepContext
 from .base import Logs, Term
 
@@ -32,5 +32,7 @@ class MaskedConsistencyTerm(Term):
         masked = img * keep
         if self.fill == "mean":  # MIC masks the normalised image: a masked block is the mean colour
             masked = masked + (1 - keep) * ctx.model.pixel_mean.to(img.dtype)
-        loss = weighted_ce(ctx.student(masked).logits, ctx.pseudo_label, ctx.pseudo_weight)
+        extra = {"detail": ctx.model.draw_detail_box(masked, ctx.generator)} if ctx.model.hrda else {}
+        out = ctx.student(masked, **extra)  # HRDA: its own detail crop, as MIC(HRDA)
+        loss = segmentation_loss(ctx.model, out, ctx.pseudo_label, ctx.pseudo_weight)
         return loss, {"loss/mic_ce": loss.detach()}
