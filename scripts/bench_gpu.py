@@ -4,7 +4,8 @@
     PYTHONPATH=src python scripts/bench_gpu.py --tiny          # a tiny MiT on the CPU (what the test runs)
     PYTHONPATH=src python scripts/bench_gpu.py --methods daformer,pipa --settings tf32,bf16,bf16+ckpt
 
-For each method (the real presets ``gta2cs_daformer`` / ``gta2cs_pipa`` / MIC, random weights,
+For each method (the real presets ``gta2cs_daformer`` / ``gta2cs_pipa`` / MIC / ``gta2cs_hrda``
+(``hrda``, ``hrda_pipa``, ``mic_hrda``: 1024x1024 crops), random weights,
 ``model.pretrained=null``) and each setting, runs the real method step (``UDAMethod.step``, backward,
 fused AdamW, EMA update, the non-finite guard) on random 512x512 inputs with blocky random labels,
 all terms active, and prints one Markdown table:
@@ -52,6 +53,9 @@ METHODS = {  # name -> (preset, overrides)
     "pipa": ("gta2cs_pipa.yaml", []),  # DAFormer + PiPa++ (pixel, patch, memory)
     "mic": ("gta2cs_daformer.yaml", ["method.name=mic"]),
     "mic_pipa": ("gta2cs_pipa.yaml", ["method.pipa.base=mic"]),
+    "hrda": ("gta2cs_hrda.yaml", []),  # 1024x1024 crops, context 512 + detail 512
+    "hrda_pipa": ("gta2cs_hrda_pipa.yaml", []),
+    "mic_hrda": ("gta2cs_mic_hrda.yaml", []),
 }
 TINY = ["model.backbone=mit_tiny", "model.decoder_channels=64", "method.pipa.embed_dim=32",
         "method.pipa.memory.size_per_class=64"]

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.syncs import on_host
 from ..core.tensors import window_positions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,8 +75,8 @@ def draw_box(height: int, width: int, crop: tuple[int, int], divisible: int, gen
     # the reference draws from (margin + 1) // d offsets: with a margin that is a multiple of d the
     # last offset (flush with the border) is never drawn; kept for parity
     ny, nx = max(1, (height - ch + 1) // divisible), max(1, (width - cw + 1) // divisible)
-    y = int(torch.randint(0, ny, (1,), generator=generator)) * divisible
-    x = int(torch.randint(0, nx, (1,), generator=generator)) * divisible
+    y = int(on_host(torch.randint(0, ny, (1,), generator=generator))) * divisible  # CPU draws: no device sync
+    x = int(on_host(torch.randint(0, nx, (1,), generator=generator))) * divisible
     return y, y + ch, x, x + cw
 
 
