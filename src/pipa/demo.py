@@ -119,19 +119,14 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     t_start = time.perf_counter()
     order = [(track, method, seed) for track in opts.tracks for method in track_methods(track, opts.methods)
              for seed in range(opts.seeds)]
-    trained = [k for k in order if k[1] != "adabn"]
-    trained += [(t, "source_only", s) for t, m, s in order if m == "adabn" and (t, "source_only", s) not in trained]
-    parallel = opts.jobs > 1 and len(trained) > 1
-    if parallel:
+    trained = runs_to_train(order)
+    if opts.jobs > 1 and len(trained) > 1:
         _train_parallel(trained, opts, results, comps)
-    for key in [] if parallel else order:
-        if key[1] != "adabn":
+    else:
+        for key in trained:
             print(f"== {key[0]} / {key[1]} / seed {key[2]}", flush=True)
-            results[key], comps[key] = _run_one(*key, opts)
+            results[key], comps[key] = _run_one(*key, opts, compact=key in order)
             _print_result(key, results[key], parallel=False)
-    for track, method, seed in trained:  # the AdaBN rows' bases when the table does not show them
-        if (track, "source_only", seed) not in results:
-            results[(track, "source_only", seed)], _ = _run_one(track, "source_only", seed, opts, compact=False)
     for key in order:
         track, method, seed = key
         if method == "adabn":
@@ -154,6 +149,13 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     write_report(opts, runs, results, class_names, wall)
     print(f"wrote {opts.out / 'results.json'} and {opts.out / 'report.md'} ({wall:.0f} s)")
     return summary
+
+
+def runs_to_train(order: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The (track, method, seed) runs to train for the table rows ``order``: every row but AdaBN's,
+    plus the source_only run an AdaBN row starts from when the table does not show it."""
+    trained = [k for k in order if k[1] != "adabn"]
+    return trained + [(t, "source_only", s) for t, m, s in order if m == "adabn" and (t, "source_only", s) not in trained]
 
 
 def _threads(jobs: int) -> int:

@@ -256,7 +256,9 @@ class IndexedDataset(Dataset):
             img = img[: img.shape[0] - self.crop_bottom]
         if size is not None:
             img = resize_rgb(img, size)
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
+        if not (img.flags.writeable and img.flags.c_contiguous):  # a read-only decoder buffer: copy once
+            img = np.array(img)
+        return torch.from_numpy(img).permute(2, 0, 1).float() / 255
 
     def _flow(self, e: Entry, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         assert e.flow is not None

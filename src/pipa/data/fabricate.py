@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SIZES = {"gta5": (1052, 1914), "cityscapes": (1024, 2048), "synthia": (760, 1280)}  # (H, W)
+SIZES = {"gta5": (1052, 1914), "cityscapes": (1024, 2048), "synthia": (760, 1280), "viper": (1080, 1920)}  # (H, W)
 
 
 def _ids(mapping: str) -> list[int]:
@@ -89,4 +89,37 @@ def synthia(root: str | Path, n: int, seed: int = 0, size: tuple[int, int] | Non
         bgra = np.stack([np.zeros_like(ids), inst, ids, np.full_like(ids, 65535)], -1)  # OpenCV writes BGR(A)
         if not cv2.imwrite(str(root / "GT" / "LABELS" / f"{i:07d}.png"), bgra):
             raise OSError(f"could not write {root / 'GT' / 'LABELS' / f'{i:07d}.png'}")
+    return root
+
+
+def viper(root: str | Path, n: int, split: str = "train", seed: int = 0, size: tuple[int, int] | None = None) -> Path:
+    """``{split}/img/001/001_NNNNN.jpg`` (each labelled frame and the frame before it) + palette
+    ``{split}/cls/001/001_NNNNN.png`` (VIPER ids), 1920x1080; labelled frames 10 apart."""
+    root, (h, w) = Path(root), size or SIZES["viper"]
+    img_dir, cls_dir = root / split / "img" / "001", root / split / "cls" / "001"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    cls_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed + 3000)
+    for i in range(n):
+        t = 10 * (i + 1)
+        for frame in (t - 1, t):
+            Image.fromarray(_picture(h, w, rng)).save(img_dir / f"001_{frame:05d}.jpg", quality=90)
+        _palette_png(cls_dir / f"001_{t:05d}.png", _regions(h, w, _ids("viper_15"), rng))
+    return root
+
+
+def cityscapes_seq(root: str | Path, n: int, split: str = "train", seed: int = 0, size: tuple[int, int] | None = None,
+                   city: str = "frankfurt") -> Path:
+    """``leftImg8bit_sequence/{split}/{city}/*_leftImg8bit.png`` (annotated frame 19 and frame 18 of
+    each sequence) + ``gtFine/{split}/{city}/*_000019_gtFine_labelIds.png``, 2048x1024."""
+    root, (h, w) = Path(root), size or SIZES["cityscapes"]
+    seq_dir, lab_dir = root / "leftImg8bit_sequence" / split / city, root / "gtFine" / split / city
+    seq_dir.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed + 4000)
+    for i in range(n):
+        for frame in (18, 19):
+            Image.fromarray(_picture(h, w, rng)).save(seq_dir / f"{city}_{i:06d}_{frame:06d}_leftImg8bit.png")
+        Image.fromarray(_regions(h, w, _ids("cityscapes_19"), rng).astype(np.uint8), mode="L").save(
+            lab_dir / f"{city}_{i:06d}_000019_gtFine_labelIds.png")
     return root
