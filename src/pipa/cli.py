@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train every method on the built-in benchmark and report")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seeds", type=int, default=1)
-    d.add_argument("--track", choices=["image", "video", "both"], default="image")
+    d.add_argument("--track", choices=["image", "video", "both", "hires"], default="image",
+                   help="hires: the high-resolution track (daformer, hrda, hrda+pipa at 192x384; not part of both)")
     d.add_argument("--methods", help="comma-separated subset of methods, or 'all' for the full ablation")
     d.add_argument("--quick", action="store_true", help="a smoke run of a minute or two")
     d.add_argument("--iterations", type=int, help="override the iterations of every run")

@@ -29,19 +29,25 @@ PRESETS = Path(__file__).parent / "configs"
 TRACK_METHODS: dict[str, list[str]] = {
     "image": ["source_only", "adabn", "source_only_aug", "self_training", "pixel", "patch", "pipa", "oracle"],
     "video": ["source_only", "adabn", "self_training", "pipa"],
+    # the high-resolution track (``--track hires``, not in ``make demo``): renders at 192x384.
+    # daformer trains on the 96x192 renders and is evaluated on 192x384 (its input downscaled, as
+    # DAFormer's 1024x512 Cityscapes); hrda sees 192x384 crops as a 96x192 context and a 96x192 detail
+    "hires": ["daformer", "hrda", "hrda+pipa"],
 }
 EXTRA_METHODS: dict[str, list[str]] = {
     "image": ["daformer", "mic", "daformer+pipa", "mic+pipa"],
     "video": ["source_only_aug", "pixel", "oracle"],
+    "hires": ["oracle"],
 }
-TABLE_ORDER = ["source_only", "adabn", "source_only_aug", "self_training", "daformer", "mic", "pixel", "patch",
-               "pipa", "daformer+pipa", "mic+pipa", "oracle"]
+TABLE_ORDER = ["source_only", "adabn", "source_only_aug", "self_training", "daformer", "mic", "hrda", "pixel", "patch",
+               "pipa", "daformer+pipa", "mic+pipa", "hrda+pipa", "oracle"]
 ALL_METHODS = sorted({m for d in (TRACK_METHODS, EXTRA_METHODS) for ms in d.values() for m in ms})
 BASELINES = ("source_only", "adabn", "source_only_aug")  # no target pseudo-labels
-ADAPTED = ("self_training", "daformer", "mic", "pixel", "patch", "pipa", "daformer+pipa", "mic+pipa")
+ADAPTED = ("self_training", "daformer", "mic", "hrda", "pixel", "patch", "pipa", "daformer+pipa", "mic+pipa",
+           "hrda+pipa")
 # each PiPa++ row against its base recipe, seed by seed (same term settings on every base)
 PIPA_BASE = {"pixel": "self_training", "patch": "self_training", "pipa": "self_training",
-             "daformer+pipa": "daformer", "mic+pipa": "mic"}
+             "daformer+pipa": "daformer", "mic+pipa": "mic", "hrda+pipa": "hrda"}
 # Demo rows that are a configuration of a method rather than a method of their own: the PiPa++
 # ablation on the self_training base. ``pipa`` on the video track adds L_temp (pipa_video).
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -50,7 +56,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "pipa": ("pipa", []),  # base + L_pix + L_patch (+ L_temp on the video track), sampling and memory
     "daformer+pipa": ("pipa", ["method.pipa.base=daformer"]),  # the same terms on DAFormer's recipe
     "mic+pipa": ("pipa", ["method.pipa.base=mic"]),  # ... and on MIC's
+    "hrda": ("daformer", []),  # + HIRES_HRDA on the hires track
+    "hrda+pipa": ("pipa", ["method.pipa.base=daformer"]),  # ... PiPa++ on HRDA (context term features)
 }
+HIRES = (192, 384)  # (H, W) of the hires track's renders
+# HRDA on the hires track: the published ratios (context 0.5, detail crop half the crop per side)
+HIRES_HRDA = ["model.hrda.enabled=true", "model.hrda.context_scale=0.5", "model.hrda.detail_crop=[96,192]",
+              "model.hrda.crop_divisible=8", "model.hrda.attention_channels=32"]
 EMBEDDING_FIGURE = ("self_training", "pipa")
 
 
@@ -101,6 +113,15 @@ def run_config(track: str, method: str, seed: int, opts: DemoOptions, more: tupl
         overrides += ["data.source.domain=target"]
     if track == "video":
         overrides += ["data.source.clip_length=4", "data.target.clip_length=4", "data.val.clip_length=4"]
+    if track == "hires":
+        H, W = HIRES
+        overrides += [f"data.val.height={H}", f"data.val.width={W}"]
+        if method in ("hrda", "hrda+pipa"):
+            overrides += [f"data.{d}.{k}={v}" for d in ("source", "target") for k, v in (("height", H), ("width", W))]
+        if method in ("hrda", "hrda+pipa"):
+            overrides += HIRES_HRDA
+        else:  # single-resolution rows see the 96x192 renders; evaluated on 192x384 through a downscaled input
+            overrides += [f"eval.input_size=[{H // 2},{W // 2}]"]
     if opts.quick:
         overrides += ["train.iterations=150", "optim.warmup_iters=15", "data.source.num_images=240",
                       "data.target.num_images=240", "data.val.num_images=60", "train.checkpoint_interval=0"]
