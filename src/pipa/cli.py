@@ -120,6 +120,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_mit(args: argparse.Namespace) -> int:
+    """An official mit_b*.pth -> a Segformer folder for ``model.pretrained``."""
+    from .models.convert import convert_mit
+
+    preset = convert_mit(args.src, args.out)
+    print(f"{args.src} -> {args.out} ({preset}); use it with model.pretrained={args.out}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Inference weights of the student or the EMA teacher from a training checkpoint."""
     from .engine.checkpoint import segmentor_from_checkpoint
@@ -237,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--which", choices=["student", "teacher"], default="student")
     ex.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
     ex.set_defaults(func=cmd_export)
+
+    cm = sub.add_parser("convert-mit", help="official MiT ImageNet weights (mit_b5.pth) -> a folder for model.pretrained")
+    cm.add_argument("src", help="an official mit_b*.pth (NVlabs/SegFormer; DAFormer/HRDA/MIC's pretrained/)")
+    cm.add_argument("out", help="the folder to write (config.json + model.safetensors)")
+    cm.set_defaults(func=cmd_convert_mit)
 
     pc = sub.add_parser("print-config", help="print the resolved config")
     pc.add_argument("config")
