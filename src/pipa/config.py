@@ -60,7 +60,8 @@ NONNEG = Range(0)
 UNIT = Range(0, 1)  # probabilities, ratios, thresholds
 COUNT = Range(1)
 
-Backbone = Literal["conv_small", "conv_base", "mit_tiny", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5"]
+Backbone = Literal["conv_small", "conv_base", "mit_tiny", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5",
+                   "dinov2_tiny", "dinov2_small", "dinov2_base", "dinov2_large"]
 DatasetName = Literal["synthetic", "folder", "gta5", "cityscapes", "synthia", "synthia_seq", "viper", "cityscapes_seq"]
 MethodName = Literal["source_only", "source_only_aug", "oracle", "self_training", "daformer", "mic", "pipa",
                      "pipa_video"]
@@ -94,7 +95,7 @@ class HRDAConfig:
 @dataclass
 class ModelConfig:
     backbone: Backbone = "conv_small"
-    pretrained: str | None = None  # hub id or local folder (MiT only)
+    pretrained: str | None = None  # hub id or local folder (MiT, DINOv2)
     decoder: Literal["daformer", "mlp"] = "daformer"
     decoder_channels: Annotated[int, COUNT] = 256
     aspp_dilations: Annotated[list[int], COUNT] = field(default_factory=lambda: [1, 6, 12, 18])

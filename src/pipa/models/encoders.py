@@ -5,6 +5,9 @@
 * ``mit_tiny`` and ``mit_b0`` .. ``mit_b5``: the MiT (SegFormer) encoder from ``transformers``,
   randomly initialised or loaded with ``from_pretrained`` (hub id such as ``nvidia/mit-b5``, or a
   local folder holding ``config.json`` + weights).
+* ``dinov2_tiny`` and ``dinov2_small`` / ``base`` / ``large``: DINOv2 (``transformers.Dinov2Backbone``,
+  hub ids ``facebook/dinov2-*``): the patch tokens of four layers (stride 14), bilinearly resampled
+  to strides 4, 8, 16 and 32 for the decoder (no parameters added).
 """
 
 from __future__ import annotations
@@ -106,23 +109,84 @@ class MiTEncoder(nn.Module):
             self.mit = SegformerModel(config)
         self.channels = list(self.mit.config.hidden_sizes)
 
-    def set_checkpointing(self, on: bool) -> None:
+    def set_checkpointing(self, on: bool, model: nn.Module | None = None) -> None:
         """Activation checkpointing of every transformer layer (recomputed in backward)."""
         # transformers >= 5.2x: activation_checkpointing_*; older: gradient_checkpointing_*
         kwargs = {"use_reentrant": False}
-        if hasattr(self.mit, "activation_checkpointing_enable"):
+        m = model if model is not None else self.mit
+        if hasattr(m, "activation_checkpointing_enable"):
             if on:
-                self.mit.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
-                self.mit.activation_checkpointing_disable()
+                m.activation_checkpointing_disable()
         elif on:
-            self.mit.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
-            self.mit.gradient_checkpointing_disable()
+            m.gradient_checkpointing_disable()
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out = self.mit(pixel_values=x, output_hidden_states=True, return_dict=True)
         return list(out.hidden_states)
+
+
+# DINOv2 presets (Oquab et al. 2023): width, layers, heads, and the four layers whose tokens the
+# decoder reads (evenly spaced, the last one included); tiny is for tests.
+DINOV2_PRESETS: dict[str, dict] = {
+    "dinov2_tiny": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, out_indices=[1, 2, 3, 4]),
+    "dinov2_small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, out_indices=[3, 6, 9, 12]),
+    "dinov2_base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, out_indices=[3, 6, 9, 12]),
+    "dinov2_large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, out_indices=[6, 12, 18, 24]),
+}
+DINOV2_HUB_IDS = {"dinov2_small": "facebook/dinov2-small", "dinov2_base": "facebook/dinov2-base",
+                  "dinov2_large": "facebook/dinov2-large"}
+
+
+class DINOv2Encoder(nn.Module):
+    """DINOv2 ViT (``transformers.Dinov2Backbone``). The input is zero-padded (after normalisation:
+    the mean colour) to a multiple of the patch size; the token maps of the four ``out_indices``
+    layers are cropped back to the input's extent and resampled to ⌈H/s⌉ × ⌈W/s⌉ for s = 4, 8, 16, 32."""
+
+    def __init__(self, preset: str, pretrained: str | None = None, drop_path_rate: float = 0.1) -> None:
+        super().__init__()
+        from transformers import Dinov2Backbone, Dinov2Config
+
+        spec = dict(DINOV2_PRESETS[preset])
+        out_indices = spec.pop("out_indices")
+        if pretrained:
+            try:
+                self.vit = Dinov2Backbone.from_pretrained(pretrained, out_indices=out_indices,
+                                                          reshape_hidden_states=True, apply_layernorm=True)
+            except (OSError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise RuntimeError(f"cannot load DINOv2 weights from '{pretrained}' (a hub id needs network access "
+                                   f"or a filled cache; a local folder needs config.json and the weights): {first}") from None
+        else:
+            config = Dinov2Config(**spec, intermediate_size=4 * spec["hidden_size"], patch_size=14, image_size=518,
+                                  out_indices=out_indices, reshape_hidden_states=True, apply_layernorm=True,
+                                  drop_path_rate=drop_path_rate)
+            self.vit = Dinov2Backbone(config)
+        self.patch = int(self.vit.config.patch_size)
+        self.channels = [int(self.vit.config.hidden_size)] * 4
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Activation checkpointing of every transformer layer (recomputed in backward)."""
+        MiTEncoder.set_checkpointing(self, on, model=self.vit)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        import torch.nn.functional as F
+
+        H, W = x.shape[-2:]
+        p = self.patch
+        ph, pw = -H % p, -W % p
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        maps = self.vit(pixel_values=x).feature_maps
+        out = []
+        for f, s in zip(maps, (4, 8, 16, 32)):
+            h, w = -(-H // s), -(-W // s)
+            full = F.interpolate(f, size=(-(-(H + ph) // s), -(-(W + pw) // s)), mode="bilinear", align_corners=False)
+            out.append(full[..., :h, :w])
+        return out
 
 
 def build_encoder(name: str, pretrained: str | None = None) -> nn.Module:
@@ -130,13 +194,15 @@ def build_encoder(name: str, pretrained: str | None = None) -> nn.Module:
     weights (MiT: a hub id or local folder). Its ``channels`` lists the widths at strides 4..32."""
     if name == "conv_small":
         if pretrained:
-            raise ValueError("model.pretrained is only supported for MiT backbones")
+            raise ValueError("model.pretrained is only supported for MiT and DINOv2 backbones")
         return ConvEncoder()
     if name == "conv_base":
         if pretrained:
-            raise ValueError("model.pretrained is only supported for MiT backbones")
+            raise ValueError("model.pretrained is only supported for MiT and DINOv2 backbones")
         return ConvEncoder((32, 64, 128, 256), (2, 2, 2, 2))
     if name in MIT_PRESETS:
         return MiTEncoder(name, pretrained)
-    choices = ", ".join(["conv_small", "conv_base", *MIT_PRESETS])
+    if name in DINOV2_PRESETS:
+        return DINOv2Encoder(name, pretrained)
+    choices = ", ".join(["conv_small", "conv_base", *MIT_PRESETS, *DINOV2_PRESETS])
     raise ValueError(f"unknown config value model.backbone='{name}'; choose from {choices}")
