@@ -68,11 +68,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate(model.to(device), dataset, model.num_classes, device, cfg.train.eval_batch_size, protocol=cfg.eval)
     names = model.class_names
     if args.json:
+        tc = {} if res.temporal_consistency is None else {
+            "temporal_consistency": res.temporal_consistency,
+            "temporal_consistency_per_class": [None if math.isnan(v) else v
+                                               for v in res.temporal_consistency_per_class or []]}
         print(json.dumps({"miou": res.miou, "reported": res.subsets, "class_names": names,
-                          "per_class_iou": [None if math.isnan(v) else v for v in res.per_class_iou],
+                          "per_class_iou": [None if math.isnan(v) else v for v in res.per_class_iou], **tc,
                           **({"confusion": res.confusion.tolist()} if args.confusion else {})}))
         return 0
     print(f"mIoU {res.miou:.2f} on {len(dataset)} images")
+    if res.temporal_consistency is not None:
+        print(f"temporal consistency {res.temporal_consistency:.2f} % (prediction of frame t = flow-warped "
+              "prediction of frame t-k, visible labelled pixels)")
     for label, value in list(res.subsets.items())[1:]:
         print(f"{label}: {value:.2f}")
     for n, v in zip(names, res.per_class_iou):

@@ -122,6 +122,9 @@ class DatasetConfig:
     width: Annotated[int, Range(8)] = 192  # synthetic only
     seed: Annotated[int, NONNEG] = 0  # benchmark seed (not the training seed)
     clip_length: Annotated[int, COUNT] = 1  # synthetic: 1 = images, T > 1 = T-frame clips (video track)
+    # synthetic clips: the flow items carry: exact (the renderer's) | dis (estimated by OpenCV DIS, as
+    # `pipa flow` does, every pixel valid) | none (no flow: the temporal term pairs co-located cells)
+    synthetic_flow: Literal["exact", "dis", "none"] = "exact"
     hflip: bool = True  # random horizontal flip (training only)
     on_error: Literal["raise", "skip"] = "raise"  # real and folder datasets: bad files found at indexing
     # real datasets: class set (0 = the benchmark's: 19, SYNTHIA 16/13, SYNTHIA-Seq 12, VIPER 15)

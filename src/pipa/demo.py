@@ -36,17 +36,18 @@ TRACK_METHODS: dict[str, list[str]] = {
 }
 EXTRA_METHODS: dict[str, list[str]] = {
     "image": ["daformer", "mic", "daformer+pipa", "mic+pipa"],
-    "video": ["source_only_aug", "pixel", "oracle"],
+    "video": ["source_only_aug", "pixel", "pipa_dis_flow", "pipa_no_flow", "oracle"],
     "hires": ["oracle"],
 }
 TABLE_ORDER = ["source_only", "adabn", "source_only_aug", "self_training", "daformer", "mic", "hrda", "pixel", "patch",
-               "pipa", "daformer+pipa", "mic+pipa", "hrda+pipa", "oracle"]
+               "pipa", "pipa_dis_flow", "pipa_no_flow", "daformer+pipa", "mic+pipa", "hrda+pipa", "oracle"]
 ALL_METHODS = sorted({m for d in (TRACK_METHODS, EXTRA_METHODS) for ms in d.values() for m in ms})
 BASELINES = ("source_only", "adabn", "source_only_aug")  # no target pseudo-labels
-ADAPTED = ("self_training", "daformer", "mic", "hrda", "pixel", "patch", "pipa", "daformer+pipa", "mic+pipa",
-           "hrda+pipa")
+ADAPTED = ("self_training", "daformer", "mic", "hrda", "pixel", "patch", "pipa", "pipa_dis_flow", "pipa_no_flow",
+           "daformer+pipa", "mic+pipa", "hrda+pipa")
 # each PiPa++ row against its base recipe, seed by seed (same term settings on every base)
 PIPA_BASE = {"pixel": "self_training", "patch": "self_training", "pipa": "self_training",
+             "pipa_dis_flow": "self_training", "pipa_no_flow": "self_training",
              "daformer+pipa": "daformer", "mic+pipa": "mic", "hrda+pipa": "hrda"}
 # Demo rows that are a configuration of a method rather than a method of their own: the PiPa++
 # ablation on the self_training base. ``pipa`` on the video track adds L_temp (pipa_video).
@@ -56,6 +57,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "pipa": ("pipa", []),  # base + L_pix + L_patch (+ L_temp on the video track), sampling and memory
     "daformer+pipa": ("pipa", ["method.pipa.base=daformer"]),  # the same terms on DAFormer's recipe
     "mic+pipa": ("pipa", ["method.pipa.base=mic"]),  # ... and on MIC's
+    # video: the temporal term with the target clips' flow estimated by OpenCV DIS, or without flow
+    # (the validation clips keep the exact flow: it measures temporal consistency)
+    "pipa_dis_flow": ("pipa", ["data.target.synthetic_flow=dis"]),
+    "pipa_no_flow": ("pipa", ["data.target.synthetic_flow=none"]),
     "hrda": ("daformer", []),  # + HIRES_HRDA on the hires track
     "hrda+pipa": ("pipa", ["method.pipa.base=daformer"]),  # ... PiPa++ on HRDA (context term features)
 }
@@ -161,6 +166,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             "per_class_iou": [None if math.isnan(v) else round(v, 3) for v in res.per_class_iou],
             "iterations": res.iterations, "train_seconds": round(res.train_seconds, 2),
             "compactness": {k: round(v, 4) for k, v in comps[key].items()},
+            "temporal_consistency": None if res.temporal_consistency is None else round(res.temporal_consistency, 3),
         })
     class_names = results[order[0]].class_names if order else []
     wall = time.perf_counter() - t_start
@@ -381,7 +387,7 @@ def adabn_run(track: str, seed: int, opts: DemoOptions, base: TrainResult) -> Tr
     out = opts.out / track / "adabn" / f"seed{seed}"
     model.save_pretrained(out)
     return TrainResult(res.miou, res.per_class_iou, 0, seconds, str(out), base.class_names,
-                       res.confusion.tolist(), res.miou)
+                       res.confusion.tolist(), res.miou, temporal_consistency=res.temporal_consistency)
 
 
 def _mean_std(xs: list[float]) -> str:
@@ -394,15 +400,22 @@ def _mean_std(xs: list[float]) -> str:
 
 
 def markdown_table(runs: list[dict[str, Any]], track: str, class_names: list[str]) -> str:
-    """Rows = methods (mean ± std over seeds), columns = mIoU then per-class IoU."""
+    """Rows = methods (mean ± std over seeds), columns = mIoU (temporal consistency on clips with
+    flow) then per-class IoU."""
     rows = [r for r in runs if r["track"] == track]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| method | seeds | mIoU | " + " | ".join(class_names) + " |", "|" + "---|" * (len(class_names) + 3)]
+    tc = any(r.get("temporal_consistency") is not None for r in rows)
+    head = "| method | seeds | mIoU | " + ("temporal consistency | " if tc else "")
+    lines = [head + " | ".join(class_names) + " |", "|" + "---|" * (len(class_names) + 3 + tc)]
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         per = [_mean_std([r["per_class_iou"][k] if r["per_class_iou"][k] is not None else math.nan for r in rs])
                for k in range(len(class_names))]
-        lines.append(f"| {m} | {len(rs)} | {_mean_std([r['target_miou'] for r in rs])} | " + " | ".join(per) + " |")
+        cons = ""
+        if tc:
+            cons = _mean_std([r["temporal_consistency"] if r.get("temporal_consistency") is not None else math.nan
+                              for r in rs]) + " | "
+        lines.append(f"| {m} | {len(rs)} | {_mean_std([r['target_miou'] for r in rs])} | {cons}" + " | ".join(per) + " |")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, domain: str = "source", split: str = "train", num_images: int = 2000, height: int = 96,
                  width: int = 192, seed: int = 0, clip_length: int = 1, cache_dir: str | Path | None = None,
-                 progress: bool = False, labelled: bool = True) -> None:
+                 progress: bool = False, labelled: bool = True, flow: str = "exact") -> None:
         self.scenes = synthetic.SyntheticScenes(domain, split, height, width, seed)
         self.class_names = list(synthetic.CLASS_NAMES)
         self.palette = [list(c) for c in synthetic.PALETTE]
@@ -46,6 +46,9 @@ class SyntheticDataset(Dataset):
         self.labels = torch.from_numpy(arrays["labels"])  # (N, T, H, W) uint8
         self.flow = torch.from_numpy(arrays["flow"]) if clip_length > 1 else None  # (N, T, 2, H, W)
         self.valid = torch.from_numpy(arrays["valid"]) if clip_length > 1 else None
+        self.flow_kind = flow
+        if clip_length > 1 and flow == "dis":
+            self.flow, self.valid = self._estimated_flow(cache / f"synthetic-{domain}-{split}-{key}-dis.npz")
 
     def _render(self, progress: bool) -> dict[str, np.ndarray]:
         from tqdm import tqdm
@@ -69,6 +72,23 @@ class SyntheticDataset(Dataset):
             out.update(flow=flow, valid=valid)
         return out
 
+    def _estimated_flow(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backward flow of every frame to its predecessor by OpenCV DIS (``pipa flow``'s default),
+        cached next to the renders; every pixel valid (an estimator knows no occlusions)."""
+        arrays = _load_npz(path)
+        if arrays is None:
+            from .flow import estimate_flow
+
+            frames = self.images.permute(0, 1, 3, 4, 2).numpy()  # (N, T, H, W, 3)
+            flow = np.zeros(tuple(self.flow.shape), np.float32)  # type: ignore[union-attr]
+            for c in range(frames.shape[0]):
+                for t in range(1, frames.shape[1]):
+                    flow[c, t] = estimate_flow(frames[c, t], frames[c, t - 1], "dis").transpose(2, 0, 1)
+            arrays = {"flow": flow}
+            _save_npz(path, arrays)
+        flow_t = torch.from_numpy(arrays["flow"])
+        return flow_t, torch.ones(flow_t[:, :, 0].shape, dtype=torch.bool)
+
     def __len__(self) -> int:
         return self.num_items
 
@@ -80,12 +100,9 @@ class SyntheticDataset(Dataset):
             return item
         c, t = divmod(index, self.clip_length - 1)
         t += 1
-        item = {
-            "image": self.images[c, t].float() / 255,
-            "prev_image": self.images[c, t - 1].float() / 255,
-            "flow": self.flow[c, t],
-            "flow_valid": self.valid[c, t],
-        }
+        item = {"image": self.images[c, t].float() / 255, "prev_image": self.images[c, t - 1].float() / 255}
+        if self.flow_kind != "none":
+            item.update(flow=self.flow[c, t], flow_valid=self.valid[c, t])
         if self.labelled:
             item["label"] = self.labels[c, t].long()
         return item
@@ -121,7 +138,7 @@ def build_dataset(cfg: DatasetConfig, num_classes: int, cache_dir: str | None = 
         if num_classes != synthetic.NUM_CLASSES:
             raise DatasetError(f"the synthetic benchmark has {synthetic.NUM_CLASSES} classes, but model.num_classes={num_classes}")
         return SyntheticDataset(cfg.domain, cfg.split, cfg.num_images, cfg.height, cfg.width, cfg.seed,
-                                cfg.clip_length, cache_dir, progress, labelled)
+                                cfg.clip_length, cache_dir, progress, labelled, cfg.synthetic_flow)
     if cfg.name == "folder" and not cfg.mapping and not (cfg.root and (Path(cfg.root) / "mapping.json").is_file()):
         if not cfg.root:
             raise DatasetError("a folder dataset needs data.<which>.root")

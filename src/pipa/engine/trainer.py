@@ -50,6 +50,7 @@ class TrainResult:
     confusion: list[list[int]] = field(default_factory=list)
     best_miou: float = float("nan")  # best on the target val split over the periodic evaluations (oracle selection)
     best_iteration: int = -1
+    temporal_consistency: float | None = None  # clips with flow: evaluation/temporal.py, percent
 
 
 def select_device(name: str) -> torch.device:
@@ -196,7 +197,7 @@ def finish(run: Run) -> TrainResult:
     dist_utils.barrier()
     p = run.progress
     return TrainResult(res.miou, res.per_class_iou, total, p.train_seconds, str(run.out), run.class_names,
-                       res.confusion.tolist(), p.best_miou, p.best_iteration)
+                       res.confusion.tolist(), p.best_miou, p.best_iteration, res.temporal_consistency)
 
 
 def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) -> Run:
