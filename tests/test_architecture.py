@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pipa"
 
 # lower numbers are lower layers; a module may import its own package or a strictly lower layer
 LAYERS = {"core": 0, "config": 1, "models": 2, "data": 2, "uda": 3, "contrast": 3, "methods": 4, "evaluation": 4,
-          "viz": 4, "engine": 5, "demo": 6, "api": 6, "cli": 7, "__main__": 8, "__init__": 0}
+          "viz": 4, "engine": 5, "demo": 6, "api": 6, "predict": 7, "cli": 8, "__main__": 9, "__init__": 0}
 # the package's public face re-exports the Python API lazily (``pipa.load``), inside a function
 ALLOWED = {("__init__", "api")}
 

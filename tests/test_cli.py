@@ -154,3 +154,62 @@ def test_eval_of_exported_weights_without_a_config_names_the_missing_dataset(tmp
     build_segmentor(_load(PRESET).model).save_pretrained(tmp_path / "w")
     assert main(["eval", str(tmp_path / "w")]) == 2
     assert "no config.yaml next to these weights" in capsys.readouterr().err
+
+
+def test_predict_frames_and_video_follow_the_eval_protocol(tmp_path):
+    """A frame folder and a short video: the label PNGs equal the evaluation protocol's argmax
+    (``protocol_logits`` on the same decoded frames, here with a resized input), and ``--label-ids``
+    writes Cityscapes-style original ids that the dataset's mapping turns back into the train ids."""
+    import cv2
+    import torch
+
+    from pipa.config import load_config
+    from pipa.data.mappings import load_mapping
+    from pipa.evaluation.protocols import protocol_logits
+    from pipa.models import Segmentor
+
+    run = tmp_path / "run"
+    assert main(["train", str(PRESET), *tiny_overrides(run, iterations=2), "eval.input_size=[24,48]"]) == 0
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(1)
+    imgs = [(rng.random((32, 64, 3)) * 255).astype(np.uint8) for _ in range(5)]
+    for i, im in enumerate(imgs):
+        Image.fromarray(im).save(frames / f"f{i:03d}.png")
+    vw = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 32))
+    for im in imgs:
+        vw.write(im[..., ::-1].copy())
+    vw.release()
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(frames), str(tmp_path / "clip.avi"), "--out", str(out), "--batch-size", "2",
+                 "--video"]) == 0
+    model = Segmentor.from_pretrained(run).eval()
+    ev = load_config(run / "config.yaml").eval
+    cap, decoded = cv2.VideoCapture(str(tmp_path / "clip.avi")), []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        decoded.append(bgr[..., ::-1].copy())
+    assert len(decoded) == 5
+
+    def want(im):
+        x = torch.from_numpy(im.copy()).permute(2, 0, 1).float()[None] / 255
+        with torch.no_grad():
+            return protocol_logits(model, x, (32, 64), ev.input_size, ev.mode, ev.crop, ev.stride,
+                                   ev.align_corners).argmax(1)[0].numpy()
+
+    for i, im in enumerate(imgs):
+        assert np.array_equal(np.asarray(Image.open(out / f"f{i:03d}_labels.png")), want(im))
+    for i, im in enumerate(decoded):
+        assert np.array_equal(np.asarray(Image.open(out / f"clip_{i:06d}_labels.png")), want(im))
+    assert (out / "frames_color.mp4").is_file() and (out / "clip_color.mp4").is_file()
+    # --label-ids: the synthetic model has 8 classes and no Cityscapes mapping of 8: named mapping needed
+    ids_out = tmp_path / "ids"
+    assert main(["predict", str(run), str(frames), "--out", str(ids_out), "--label-ids"]) == 2
+    from pipa.predict import train_to_label_ids
+
+    lut = train_to_label_ids("cityscapes_19", 19)
+    m = load_mapping("cityscapes_19")
+    assert [m.table[int(lut[t])] for t in range(19)] == list(range(19))
+    assert lut[0] == 7 and lut[13] == 26  # road is labelId 7, car 26 (Cityscapes)

@@ -92,38 +92,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    """Segment image files, frame folders and video files with the weights' evaluation protocol."""
+    from .api import load
+    from .predict import predict_sources
 
-    from .data.datasets import IMAGE_EXTS
-    from .models import Segmentor
-    from .viz import colorize, default_palette, overlay
-
-    model = Segmentor.from_pretrained(args.weights)
-    palette = default_palette(model.num_classes)
-    files: list[Path] = []
-    for inp in args.inputs:
-        p = Path(inp)
-        if p.is_dir():
-            files += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        try:
-            img = np.asarray(Image.open(f).convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{f}: unreadable image ({type(exc).__name__})") from None
-        x = torch.from_numpy(img.copy()).permute(2, 0, 1).float().unsqueeze(0) / 255
-        pred = model.predict(x)[0].numpy().astype(np.uint8)
-        Image.fromarray(pred).save(out / f"{f.stem}_labels.png")
-        Image.fromarray(colorize(pred, palette)).save(out / f"{f.stem}_color.png")
-        Image.fromarray(overlay(img, pred, palette)).save(out / f"{f.stem}_overlay.png")
-    print(f"wrote predictions for {len(files)} image(s) to {out}")
+    seg = load(args.weights, device=args.device, batch_size=args.batch_size)
+    n = predict_sources(seg, [Path(i) for i in args.inputs], Path(args.out), label_ids=args.label_ids,
+                        color=not args.no_color, overlay=not args.no_overlay, video=args.video)
+    print(f"wrote predictions for {n} image(s) or frame(s) to {args.out}")
     return 0
 
 
@@ -241,10 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--confusion", action="store_true", help="also print the confusion matrix")
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="segment images; writes colour-coded PNGs and overlays")
-    pr.add_argument("weights", help="folder with model.safetensors + config.json (a run folder)")
-    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr = sub.add_parser("predict", help="segment images, frame folders or videos (label PNGs, colour frames, "
+                                        "overlays, a video)")
+    pr.add_argument("weights", help="a run folder, its best/, or exported weights (model.safetensors + config.json)")
+    pr.add_argument("inputs", nargs="+", help="image files, folders of images or frames, video files")
     pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--label-ids", nargs="?", const="auto", default=None, metavar="MAPPING",
+                    help="label PNGs in the dataset's original ids instead of train ids (Cityscapes labelIds for "
+                         "an official submission); MAPPING: a shipped mapping name (default: cityscapes_<K>)")
+    pr.add_argument("--no-color", action="store_true", help="no colour-coded PNGs")
+    pr.add_argument("--no-overlay", action="store_true", help="no overlays")
+    pr.add_argument("--video", action="store_true", help="also write <name>_color.mp4 for each video or frame folder")
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="write inference weights (student or EMA teacher) from a checkpoint")
