@@ -164,6 +164,15 @@ def cmd_flow(args: argparse.Namespace) -> int:
     from .data.flow import compute_flows
 
     size = tuple(args.size) if args.size else None
+    if args.dataset:
+        from .data.flow import compute_dataset_flows
+
+        stats = compute_dataset_flows(args.dataset, args.input, args.out, args.split, args.offset, args.method,
+                                      size, args.workers, progress=not args.quiet)  # type: ignore[arg-type]
+        print(f"flow t -> t-{args.offset} ({args.method}, DA-VSN int16 x10 names): {stats['written']} written, "
+              f"{stats['skipped']} already there, {stats['frames']} annotated frames of {args.dataset} in "
+              f"{args.input}; use data.<which>.flow_root={args.out}")
+        return 0
     stats = compute_flows(args.input, args.out, args.offset, args.format, args.method, size,  # type: ignore[arg-type]
                           args.workers, progress=not args.quiet)
     print(f"flow t -> t-{args.offset} ({args.method}, {args.format}): {stats['written']} written, "
@@ -271,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=cmd_data_stats)
 
     fl = sub.add_parser("flow", help="backward optical flow t -> t-K of a frame folder or video (OpenCV, CPU)")
-    fl.add_argument("input", help="a folder of frames (sorted by name) or a video file")
+    fl.add_argument("input", help="a folder of frames (sorted by name), a video file, or with --dataset the dataset's root")
+    fl.add_argument("--dataset", choices=["cityscapes_seq", "viper", "synthia_seq"],
+                    help="INPUT is this dataset in its original layout: flows of its annotated frames, named and "
+                         "encoded as its loader reads them from flow_root")
+    fl.add_argument("--split", default="train", help="with --dataset: the split (Cityscapes-Seq, VIPER)")
     fl.add_argument("--out", required=True, help="output folder")
     fl.add_argument("--offset", type=int, default=1, help="K: flow from frame t to frame t-K")
     fl.add_argument("--format", choices=["npy", "davsn", "kitti"], default="npy",

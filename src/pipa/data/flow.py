@@ -123,9 +123,12 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
 
 
 def _job(args: tuple) -> str:
-    frame, prev, path, fmt, method, size = args
+    frame, prev, path, fmt, method, size, *rest = args
+    crop_bottom = rest[0] if rest else 0  # SYNTHIA-Seq: the rows its loader crops off the frames
     a = read_rgb(frame) if isinstance(frame, Path) else frame
     b = read_rgb(prev) if isinstance(prev, Path) else prev
+    if crop_bottom:
+        a, b = a[: a.shape[0] - crop_bottom], b[: b.shape[0] - crop_bottom]
     flow = estimate_flow(a, b, method)
     if size is not None:
         flow = resize_flow_np(flow, size)
@@ -160,6 +163,48 @@ def compute_flows(source: str | Path, out: str | Path, offset: int = 1, fmt: str
             cur, prev = decoded[t], decoded[t - offset]
         jobs.append((cur, prev, path, fmt, method, size))
     skipped = max(0, len(frames) - offset) - len(jobs)
+    _run_jobs(jobs, method, workers, progress)
+    return {"written": len(jobs), "skipped": skipped, "frames": len(frames)}
+
+
+DATASET_LAYOUTS = ("cityscapes_seq", "viper", "synthia_seq")
+
+
+def compute_dataset_flows(dataset: str, root: str | Path, out: str | Path, split: str = "train", offset: int = 1,
+                          method: str = "dis", size: tuple[int, int] | None = None, workers: int = 0,
+                          progress: bool = True) -> dict[str, int]:
+    """The flow of every annotated frame of a video dataset in its original layout (Cityscapes-Seq,
+    VIPER, SYNTHIA-Seq) to its frame t−``offset``, written into ``out`` under the names and in the
+    format (DA-VSN int16 ×10 ``.npy``) its loader reads with ``flow_root=out``. Existing files are skipped."""
+    from . import benchmarks as B
+
+    if dataset not in DATASET_LAYOUTS:
+        raise ValueError(f"unknown video dataset {dataset!r}; choose from {', '.join(DATASET_LAYOUTS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown flow method {method!r}; choose from {', '.join(METHODS)}")
+    out = Path(out)
+    kw: dict = {"frame_offset": offset, "flow_root": out, "check": False}
+    if dataset == "cityscapes_seq":
+        ds = B.CityscapesSeq(root, split=split, **kw)
+    elif dataset == "viper":
+        ds = B.Viper(root, split=split, **kw)
+    else:
+        ds = B.SynthiaSeq(root, **kw)
+    crop = int(getattr(ds, "crop_bottom", 0) or 0)  # flow of the frames as the loader crops them
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for e in ds.entries:
+        assert e.flow is not None and e.prev is not None
+        if not e.prev.is_file():
+            raise DatasetError(f"{e.prev}: missing neighbour frame (t-{offset}) of {e.image}")
+        if not e.flow.is_file():
+            jobs.append((e.image, e.prev, e.flow, "davsn", method, size, crop))
+    _run_jobs(jobs, method, workers, progress)
+    return {"written": len(jobs), "skipped": len(ds.entries) - len(jobs), "frames": len(ds.entries)}
+
+
+def _run_jobs(jobs: list[tuple], method: str, workers: int, progress: bool) -> None:
+    """Estimate and write each job's flow, in ``workers`` processes, with a progress bar."""
     bar = None
     if progress:
         from tqdm import tqdm
@@ -177,4 +222,3 @@ def compute_flows(source: str | Path, out: str | Path, offset: int = 1, fmt: str
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return {"written": len(jobs), "skipped": skipped, "frames": len(frames)}
