@@ -213,3 +213,28 @@ def test_predict_frames_and_video_follow_the_eval_protocol(tmp_path):
     m = load_mapping("cityscapes_19")
     assert [m.table[int(lut[t])] for t in range(19)] == list(range(19))
     assert lut[0] == 7 and lut[13] == 26  # road is labelId 7, car 26 (Cityscapes)
+
+
+def test_export_program_runs_without_pipa_and_matches(tmp_path, capsys):
+    """``pipa export --program H W``: a torch.export graph whose logits equal the model's for another
+    batch size, loaded with torch alone (a fresh interpreter that never imports pipa)."""
+    import torch
+
+    from pipa.models import Segmentor
+
+    run = tmp_path / "run"
+    assert main(["train", str(PRESET), *tiny_overrides(run, iterations=1)]) == 0
+    out = tmp_path / "exp"
+    assert main(["export", str(run), "--out", str(out), "--program", "32", "64"]) == 0
+    x = torch.rand(5, 3, 32, 64, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); "
+            "x = torch.load(sys.argv[2]); torch.save(m(x), sys.argv[3]); "
+            "assert not any(k.startswith('pipa') for k in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(out / "model.pt2"), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    model = Segmentor.from_pretrained(out).eval()
+    with torch.no_grad():
+        want = model(x).logits
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), want, rtol=1e-4, atol=1e-4)

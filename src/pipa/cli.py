@@ -122,6 +122,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} is not empty: choose an empty or new folder, or pass --overwrite")
     model.save_pretrained(out)
     print(f"wrote the {args.which} of iteration {iteration} to {args.out}")
+    if args.program:
+        from .models.program import export_program
+
+        paths = export_program(model, out, args.program[0], args.program[1], onnx=args.onnx)
+        print(f"wrote {', '.join(str(p) for p in paths)}: images (B, 3, {args.program[0]}, {args.program[1]}) in "
+              "[0, 1] -> logits; torch.export.load(path).module()(images) runs it without pipa")
     return 0
 
 
@@ -246,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
     ex.add_argument("--which", choices=["student", "teacher"], default="student")
     ex.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
+    ex.add_argument("--program", type=int, nargs=2, metavar=("H", "W"),
+                    help="also write model.pt2, a torch.export graph for H x W inputs (any batch size)")
+    ex.add_argument("--onnx", action="store_true", help="with --program: also model.onnx (needs onnx, onnxscript)")
     ex.set_defaults(func=cmd_export)
 
     cm = sub.add_parser("convert-mit", help="official MiT ImageNet weights (mit_b5.pth) -> a folder for model.pretrained")
