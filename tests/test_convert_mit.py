@@ -91,3 +91,14 @@ def test_convert_mit_errors_name_the_file_or_key(tmp_path, capsys):
     assert "junk.pth" in capsys.readouterr().err
     assert main(["convert-mit", str(tmp_path / "missing.pth"), str(tmp_path / "out")]) == 2
     assert "missing.pth" in capsys.readouterr().err
+
+
+def test_model_pretrained_accepts_an_official_pth(tmp_path):
+    """``model.pretrained=.../mit_tiny.pth``: converted on first use next to the file, then loaded."""
+    from pipa.models.encoders import MiTEncoder
+
+    sd = official_state(seed=1)
+    torch.save(sd, tmp_path / "mit_tiny.pth")
+    enc = MiTEncoder("mit_tiny", pretrained=str(tmp_path / "mit_tiny.pth"))
+    assert (tmp_path / "mit_tiny.pth.hf" / "model.safetensors").is_file()
+    assert _has(enc.mit.state_dict(), sd["block4.0.mlp.fc2.weight"])

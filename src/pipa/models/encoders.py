@@ -86,6 +86,19 @@ MIT_PRESETS: dict[str, dict] = {
 MIT_HUB_IDS = {f"mit_b{i}": f"nvidia/mit-b{i}" for i in range(6)}
 
 
+def _converted_mit(path: str) -> str:
+    """An official ``mit_b*.pth`` -> the Segformer folder ``<path>.hf`` (written on first use by
+    :func:`pipa.models.convert.convert_mit`; reused afterwards)."""
+    from pathlib import Path
+
+    from .convert import convert_mit
+
+    out = Path(path + ".hf")
+    if not (out / "model.safetensors").is_file():
+        convert_mit(path, out)
+    return str(out)
+
+
 class MiTEncoder(nn.Module):
     """MiT encoder (``transformers.SegformerModel``). Input (B, 3, H, W) normalised images."""
 
@@ -93,6 +106,8 @@ class MiTEncoder(nn.Module):
         super().__init__()
         from transformers import SegformerConfig, SegformerModel
 
+        if pretrained and pretrained.endswith(".pth"):  # an official mit_b*.pth: converted once, next to it
+            pretrained = _converted_mit(pretrained)
         if pretrained:
             try:
                 self.mit = SegformerModel.from_pretrained(pretrained)
