@@ -86,6 +86,21 @@ MIT_PRESETS: dict[str, dict] = {
 MIT_HUB_IDS = {f"mit_b{i}": f"nvidia/mit-b{i}" for i in range(6)}
 
 
+def _hf_checkpointing(model: nn.Module, on: bool) -> None:
+    """Activation checkpointing of a transformers model's layers, on or off."""
+    # transformers >= 5.2x: activation_checkpointing_*; older: gradient_checkpointing_*
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def _converted_mit(path: str) -> str:
     """An official ``mit_b*.pth`` -> the Segformer folder ``<path>.hf`` (written on first use by
     :func:`pipa.models.convert.convert_mit`; reused afterwards)."""
@@ -124,20 +139,9 @@ class MiTEncoder(nn.Module):
             self.mit = SegformerModel(config)
         self.channels = list(self.mit.config.hidden_sizes)
 
-    def set_checkpointing(self, on: bool, model: nn.Module | None = None) -> None:
+    def set_checkpointing(self, on: bool) -> None:
         """Activation checkpointing of every transformer layer (recomputed in backward)."""
-        # transformers >= 5.2x: activation_checkpointing_*; older: gradient_checkpointing_*
-        kwargs = {"use_reentrant": False}
-        m = model if model is not None else self.mit
-        if hasattr(m, "activation_checkpointing_enable"):
-            if on:
-                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                m.activation_checkpointing_disable()
-        elif on:
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        else:
-            m.gradient_checkpointing_disable()
+        _hf_checkpointing(self.mit, on)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out = self.mit(pixel_values=x, output_hidden_states=True, return_dict=True)
@@ -185,7 +189,7 @@ class DINOv2Encoder(nn.Module):
 
     def set_checkpointing(self, on: bool) -> None:
         """Activation checkpointing of every transformer layer (recomputed in backward)."""
-        MiTEncoder.set_checkpointing(self, on, model=self.vit)  # type: ignore[arg-type]
+        _hf_checkpointing(self.vit, on)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         import torch.nn.functional as F

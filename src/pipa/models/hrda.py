@@ -133,11 +133,6 @@ def seg_loss(logits: Tensor, detail: Detail | None, labels: Tensor, weight: Tens
         detail.logits, labels[..., y1:y2, x1:x2], crop_w)
 
 
-def detail_cells(box: Box, stride: int) -> Box:
-    """A box in input pixels -> the same box in cells of a grid of ``stride`` pixels."""
-    return tuple(v // stride for v in box)  # type: ignore[return-value]
-
-
 def hrda_config_check(cfg: "HRDAConfig") -> None:
     """Raise a one-line error for settings the fusion cannot align."""
     s = cfg.context_scale

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.constants import IGNORE_INDEX
+from ..models.hrda import seg_loss
 
 
 def ema_alpha(iteration: int, alpha: float) -> float:
@@ -120,8 +121,6 @@ def segmentation_loss(model, out, labels: Tensor, weight: Tensor | None = None) 
     """The segmentation loss of a student pass: :func:`supervised_ce` (``weight`` None) or
     :func:`weighted_ce`; on HRDA's model, of the fused logits and of the detail crop's, weighted
     ``1 − λ_d`` and ``λ_d`` (``models/hrda.seg_loss``)."""
-    from ..models.hrda import seg_loss
-
     def ce(logits: Tensor, lab: Tensor, w: Tensor | None) -> Tensor:
         return supervised_ce(logits, lab) if w is None else weighted_ce(logits, lab, w)
 
