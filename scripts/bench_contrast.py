@@ -1,11 +1,13 @@
 """Cost of the PiPa++ terms on the CPU preset (a benchmark, not a test).
 
-    PYTHONPATH=src python scripts/bench_contrast.py [--steps 15] [--overrides key=value ...]
+    PYTHONPATH=src python scripts/bench_contrast.py [--steps 10] [--rounds 5] [--threads N] [--overrides key=value ...]
 
 Prints three Markdown tables, all from this one run (compare ratios within a run only; run it on
 an otherwise idle machine):
 1. the training step (forward + backward + optimiser + EMA) of ``self_training`` and ``pipa`` on
-   image batches, and of ``self_training`` and ``pipa_video`` on clip batches, with the ratios;
+   image batches, and of ``self_training`` and ``pipa_video`` on clip batches, with the ratios. Each
+   pair is timed in alternating rounds (the order flips every round) and the ratio is the median
+   of the rounds' ratios, with their range: a slow spell of a shared machine hits both methods;
 2. the contrastive part alone: sampling + projection heads + losses (forward and backward, down
    to the decoder features) + memory read/push, its share of the pipa step and its peak memory
    (tensor allocations recorded by the PyTorch profiler). Network passes that a term needs (the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -60,11 +63,41 @@ def build(name: str, overrides: list[str]):
     return cfg, method, opt
 
 
-def step_time(name: str, clips: bool, steps: int, overrides: list[str], warmup: int = 30):
-    """Warm-up steps first: the memory fills and the teacher becomes confident, as in training."""
-    cfg, method, opt = build(name, overrides)
-    batch = make_batch(cfg, clips)
-    return iq_mean(timed_steps(method, opt, batch, steps, warmup)), method, batch
+class Stepper:
+    """A method training on one fixed batch; ``run(n)`` times n more full steps (the iteration
+    count goes on, so the memory and the EMA keep evolving as in training)."""
+
+    def __init__(self, name: str, clips: bool, overrides: list[str], warmup: int) -> None:
+        """Warm-up steps first: the memory fills and the teacher becomes confident, as in training."""
+        self.cfg, self.method, self.opt = build(name, overrides)
+        self.batch = make_batch(self.cfg, clips)
+        self.it = 0
+        self.run(warmup)
+
+    def run(self, n: int) -> list[float]:
+        times = timed_steps(self.method, self.opt, self.batch, n, 0) if n else []
+        self.it += n
+        return times
+
+
+def paired_times(base: str, other: str, clips: bool, steps: int, rounds: int, overrides: list[str],
+                 warmup: int) -> tuple[float, float, list[float], Stepper]:
+    """Step seconds of ``base`` and ``other`` timed in alternating rounds of ``steps`` steps each
+    (the order flips every round), so a slow spell of a shared machine hits both: (median base step,
+    median other step, the per-round ratios other/base, the other's stepper)."""
+    a, b = Stepper(base, clips, overrides, warmup), Stepper(other, clips, overrides, warmup)
+    ta, tb, ratios = [], [], []
+    for r in range(rounds):
+        if r % 2:
+            xb = iq_mean(b.run(steps))
+            xa = iq_mean(a.run(steps))
+        else:
+            xa = iq_mean(a.run(steps))
+            xb = iq_mean(b.run(steps))
+        ta.append(xa)
+        tb.append(xb)
+        ratios.append(xb / xa)
+    return statistics.median(ta), statistics.median(tb), ratios, b
 
 
 def peak_bytes(fn) -> int:
@@ -140,25 +173,31 @@ def pixel_scaling(anchors: int, memory: int, dim: int = 64, classes: int = 19, r
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=10, help="steps per timing round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of each pair of methods")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--warmup", type=int, default=30, help="steps before timing (memory fills, teacher warms up)")
     ap.add_argument("--anchors", type=int, nargs="*", default=[256, 1024, 4096])
     ap.add_argument("--memory", type=int, nargs="*", default=[0, 4096, 16384])
     ap.add_argument("--overrides", nargs="*", default=[], help="config key=value overrides for every method")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU preset (batch 8+8, 96x192) "
           f"{' '.join(args.overrides)}\n")
 
-    print("### 1. Training step\n\n| data | method | step (ms) | ratio to self_training |\n|---|---|---|---|")
+    print(f"### 1. Training step ({args.rounds} alternating rounds of {args.steps} steps; ratio: median of the "
+          "rounds' ratios, and their range)\n")
+    print("| data | method | step (ms) | ratio to self_training | range over rounds |\n|---|---|---|---|---|")
     parts = {}
-    for clips, names in ((False, ("self_training", "pipa")), (True, ("self_training", "pipa_video"))):
-        base = None
-        for name in names:
-            t, method, batch = step_time(name, clips, args.steps, args.overrides, args.warmup)
-            base = base or t
-            print(f"| {'clips' if clips else 'images'} | {name} | {t * 1000:.0f} | {t / base:.2f} |", flush=True)
-            if name != "self_training":
-                parts[name] = (t, contrastive_part(method, batch, clips, args.steps))
+    for clips, name in ((False, "pipa"), (True, "pipa_video")):
+        data = "clips" if clips else "images"
+        t_base, t, ratios, other = paired_times("self_training", name, clips, args.steps, args.rounds, args.overrides,
+                                                args.warmup)
+        print(f"| {data} | self_training | {t_base * 1000:.0f} | 1.00 | |", flush=True)
+        print(f"| {data} | {name} | {t * 1000:.0f} | {statistics.median(ratios):.2f} | "
+              f"{min(ratios):.2f}-{max(ratios):.2f} |", flush=True)
+        parts[name] = (t, contrastive_part(other.method, other.batch, clips, args.steps))
 
     print("\n### 2. Contrastive part alone (sampling + heads + losses fwd/bwd + memory)\n")
     print("| method | contrastive part (ms) | share of the step | peak tensor memory (MiB) |\n|---|---|---|---|")

@@ -48,3 +48,24 @@ def test_bad_labels_rejected():
         confusion_matrix(torch.tensor([0]), torch.tensor([7]), 3)
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(torch.zeros(2), torch.zeros(3), 3)
+
+
+def test_class_argmax_is_the_first_maximal_index():
+    """``class_argmax`` (the fast CPU argmax the predictions and samplers use) against a naive loop,
+    with ties (integer-valued logits) and along dim 0 and 1."""
+    from pipa.core.tensors import class_argmax
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (2, 4, 3, 5), generator=g).float()  # many ties
+    got = class_argmax(x)
+    for b in range(2):
+        for i in range(3):
+            for j in range(5):
+                vals = [float(x[b, k, i, j]) for k in range(4)]
+                assert int(got[b, i, j]) == vals.index(max(vals))
+    y = x[0]
+    got0 = class_argmax(y, 0)
+    for i in range(3):
+        for j in range(5):
+            vals = [float(y[k, i, j]) for k in range(4)]
+            assert int(got0[i, j]) == vals.index(max(vals))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .config import EvalConfig
+from .core.tensors import class_argmax
 from .models import Segmentor
 
 
@@ -51,8 +52,8 @@ class Segmenter:
         """Class ids (N, H, W) int64 at each input's own size (a list when sizes differ)."""
         probs = self.predict_proba(images)
         if isinstance(probs, list):
-            return [p.argmax(0) for p in probs]
-        return probs.argmax(1)
+            return [class_argmax(p, 0) for p in probs]
+        return class_argmax(probs)
 
     def _probs(self, images: Tensor) -> Tensor:
         from .evaluation.protocols import protocol_logits

@@ -49,11 +49,13 @@ def _anchor_terms(logits: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Ten
     row's negatives: stable at any temperature (a shift by the row maximum, the anchor's own column
     included, made ``exp`` underflow in float32 below τ ≈ 0.023). Columns that are neither positive
     nor negative take no part, and rows without a negative get a finite value (``qualifies`` False)."""
-    far = torch.finfo(logits.dtype).min / 4  # a finite "minus infinity": exp() is 0 and gradients stay finite
-    lse_neg = torch.logsumexp(torch.where(neg, logits, far), 1, keepdim=True)
+    # masks as multiplications (a bool ``where`` over the (n, m) block is ~4x slower on CPU):
+    # non-negatives get a finite "minus infinity" added, so exp() is 0 and gradients stay finite
+    far = torch.finfo(logits.dtype).min / 4
+    lse_neg = torch.logsumexp(logits + (~neg).to(logits.dtype) * far, 1, keepdim=True)
     log_prob = logits - torch.logaddexp(logits, lse_neg)
     n_pos = pos.sum(1)
-    loss = -torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1) / n_pos.clamp_min(1)
+    loss = -(log_prob * pos.to(logits.dtype)).sum(1) / n_pos.clamp_min(1)
     ok = (n_pos > 0) & neg.any(1)
     return loss, ok
 

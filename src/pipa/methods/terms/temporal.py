@@ -13,6 +13,7 @@ from torch import Tensor
 from ...config import PixelTermConfig, TemporalTermConfig
 from ...contrast import TemporalContrastLoss, VideoSampler, flow_to_cells, pool_labels, warp_backward
 from ...core.constants import IGNORE_INDEX
+from ...core.tensors import class_argmax
 from ..context import StepContext, rows_at
 from .base import Logs, Term, zero_use
 from .embedding import PixelEmbedding
@@ -76,7 +77,8 @@ class TemporalContrastTerm(Term):
         # on frame τ-k (flow-warped below): the same network on two clean frames
         assert ctx.out_teacher is not None
         B = out_p.logits.shape[0]
-        preds = torch.cat([F.avg_pool2d(o.logits.float(), s, s, ceil_mode=True) for o in (out_p, ctx.out_teacher)]).argmax(1)
+        preds = class_argmax(torch.cat([F.avg_pool2d(o.logits.float(), s, s, ceil_mode=True)
+                                        for o in (out_p, ctx.out_teacher)]))
         prev_pred, cur_pred = preds[:B], preds[B:]
         # anchors: target cells of the mixed image (frame τ), labelled by confident pseudo-labels;
         # a target cell is one where target pixels are the strict majority (pool_labels' rule)
