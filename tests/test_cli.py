@@ -216,8 +216,9 @@ def test_predict_frames_and_video_follow_the_eval_protocol(tmp_path):
 
 
 def test_export_program_runs_without_pipa_and_matches(tmp_path, capsys):
-    """``pipa export --program H W``: a torch.export graph whose logits equal the model's for another
-    batch size, loaded with torch alone (a fresh interpreter that never imports pipa)."""
+    """``pipa export --torch-export``: a torch.export graph whose logits equal the model's for another
+    batch size and another image size (the size is dynamic), loaded with torch alone (a fresh
+    interpreter that never imports pipa)."""
     import torch
 
     from pipa.models import Segmentor
@@ -225,8 +226,8 @@ def test_export_program_runs_without_pipa_and_matches(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(PRESET), *tiny_overrides(run, iterations=1)]) == 0
     out = tmp_path / "exp"
-    assert main(["export", str(run), "--out", str(out), "--program", "32", "64"]) == 0
-    x = torch.rand(5, 3, 32, 64, generator=torch.Generator().manual_seed(0))
+    assert main(["export", str(run), "--out", str(out), "--torch-export", "--example-size", "64", "128"]) == 0
+    x = torch.rand(5, 3, 72, 100, generator=torch.Generator().manual_seed(0))
     torch.save(x, tmp_path / "x.pt")
     code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); "
             "x = torch.load(sys.argv[2]); torch.save(m(x), sys.argv[3]); "

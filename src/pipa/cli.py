@@ -122,12 +122,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} is not empty: choose an empty or new folder, or pass --overwrite")
     model.save_pretrained(out)
     print(f"wrote the {args.which} of iteration {iteration} to {args.out}")
-    if args.program:
+    size = args.program or args.example_size
+    if args.program or args.torch_export or args.onnx:
         from .models.program import export_program
 
-        paths = export_program(model, out, args.program[0], args.program[1], onnx=args.onnx)
-        print(f"wrote {', '.join(str(p) for p in paths)}: images (B, 3, {args.program[0]}, {args.program[1]}) in "
-              "[0, 1] -> logits; torch.export.load(path).module()(images) runs it without pipa")
+        done = export_program(model, out, size[0], size[1], torch_export=bool(args.program or args.torch_export),
+                              onnx=args.onnx)
+        shape = "(B, 3, H, W), H and W from 64" if done.dynamic_size else f"(B, 3, {size[0]}, {size[1]}) only ({done.why})"
+        print(f"wrote {', '.join(str(p) for p in done.paths)}: images {shape}, RGB in [0, 1] -> logits (B, K, H, W)")
+        if args.onnx:
+            print(f"onnxruntime check: max |logit difference| {done.onnx_max_diff:.2g}" if done.onnx_checked
+                  else "onnxruntime is not installed: model.onnx was not run (pip install onnxruntime)")
     return 0
 
 
@@ -252,9 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
     ex.add_argument("--which", choices=["student", "teacher"], default="student")
     ex.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
+    ex.add_argument("--torch-export", action="store_true",
+                    help="also write model.pt2, a torch.export graph: images (B, 3, H, W) in [0, 1] -> logits")
+    ex.add_argument("--onnx", action="store_true",
+                    help="also write model.onnx (input images, output logits; dynamic batch, height, width; "
+                         "needs onnx and onnxscript, checked under onnxruntime when installed)")
+    ex.add_argument("--example-size", type=int, nargs=2, metavar=("H", "W"), default=[256, 512],
+                    help="the input size the graphs are traced on (the only size for a graph that cannot "
+                         "keep a symbolic size, e.g. HRDA)")
     ex.add_argument("--program", type=int, nargs=2, metavar=("H", "W"),
-                    help="also write model.pt2, a torch.export graph for H x W inputs (any batch size)")
-    ex.add_argument("--onnx", action="store_true", help="with --program: also model.onnx (needs onnx, onnxscript)")
+                    help="--torch-export traced on H x W (kept from earlier versions)")
     ex.set_defaults(func=cmd_export)
 
     cm = sub.add_parser("convert-mit", help="official MiT ImageNet weights (mit_b5.pth) -> a folder for model.pretrained")

@@ -14,8 +14,10 @@ from torch import Tensor, nn
 
 
 def _upsample_cat(feats: list[Tensor]) -> Tensor:
+    # the coarser maps are always resized (an identity where sizes already match): no branch on
+    # shapes, so an exported graph keeps a symbolic input size
     size = feats[0].shape[-2:]
-    return torch.cat([f if f.shape[-2:] == size else F.interpolate(f, size, mode="bilinear", align_corners=False) for f in feats], 1)
+    return torch.cat([feats[0]] + [F.interpolate(f, size, mode="bilinear", align_corners=False) for f in feats[1:]], 1)
 
 
 class _SepConv(nn.Sequential):

@@ -62,8 +62,8 @@ class ScaleAttentionHead(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         size = feats[0].shape[-2:]
-        x = [F.interpolate(p(f), size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else p(f)
-             for p, f in zip(self.proj, feats)]
+        x = [p(f) if i == 0 else F.interpolate(p(f), size, mode="bilinear", align_corners=False)
+             for i, (p, f) in enumerate(zip(self.proj, feats))]
         return self.classifier(self.dropout(self.fuse(torch.cat(x, 1))))
 
 
