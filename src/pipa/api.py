@@ -124,3 +124,28 @@ def load(path: str | Path, which: str = "student", device: str | torch.device | 
         raise ValueError(f"which must be student or teacher, got {which!r}")
     return Segmenter(model, protocol, device, batch_size)
 
+
+
+def train(config: str | Path, overrides: list[str] | dict[str, Any] | None = None, resume: bool = False,
+          **keys: Any) -> Any:
+    """``pipa train`` from Python: a preset name or YAML path, overrides as ``["key=value"]`` or
+    ``{"key": value}`` and as keyword arguments with ``__`` for the dots
+    (``train__iterations=100`` is ``train.iterations=100``). Validated like the command line (a
+    typo names the key). Returns the run's ``TrainResult``."""
+    import yaml
+
+    from .config import load_config, resolve_preset
+    from .engine.trainer import train as run
+
+    def dump_value(v: Any) -> str:  # the YAML an override's value is parsed back from
+        return yaml.safe_dump(v, default_flow_style=True).removesuffix("\n...\n").strip()
+
+    items: list[str] = []
+    if isinstance(overrides, dict):
+        items += [f"{k}={dump_value(v)}" for k, v in overrides.items()]
+    elif overrides is not None:
+        if isinstance(overrides, str):
+            raise TypeError("overrides: a list of 'key=value' strings or a dict, not one string")
+        items += list(overrides)
+    items += [f"{k.replace('__', '.')}={dump_value(v)}" for k, v in keys.items()]
+    return run(load_config(resolve_preset(str(config)), items), resume=resume)
