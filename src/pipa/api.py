@@ -108,9 +108,9 @@ def load(path: str | Path, which: str = "student", device: str | torch.device | 
     or one up) gives the evaluation protocol."""
     from .config import load_config
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such run folder or weights (hub ids are not supported yet)")
+    from .models.hub import resolve_weights
+
+    p = resolve_weights(path)  # a hub id (owner/name[@revision]) -> its cached snapshot
     folder = p if p.is_dir() else p.parent
     cfg_file = next((d / "config.yaml" for d in (folder, folder.parent) if (d / "config.yaml").is_file()), None)
     protocol = load_config(cfg_file).eval if cfg_file is not None else None

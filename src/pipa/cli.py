@@ -44,7 +44,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _load_for_eval(path: Path, overrides: list[str]):
     from .config import load_config
     from .models import Segmentor
+    from .models.hub import resolve_weights
 
+    path = resolve_weights(path)  # a hub id -> its cached snapshot
     run_dir = path if path.is_dir() else path.parent
     # a run folder, its best/ folder (config one level up) or exported weights
     cfg_file = next((d / "config.yaml" for d in (run_dir, run_dir.parent) if (d / "config.yaml").is_file()), None)
@@ -121,7 +123,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise FileExistsError(f"{out} is not empty: choose an empty or new folder, or pass --overwrite")
     model.save_pretrained(out)
-    print(f"wrote the {args.which} of iteration {iteration} to {args.out}")
+    # the run's config (the evaluation protocol for pipa.load / pipa eval) and a model card
+    from .config import load_config
+    from .core.io import atomic_write
+    from .models.hub import model_card
+
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    cfg = None
+    if (run_dir / "config.yaml").is_file():
+        text = (run_dir / "config.yaml").read_text()
+        atomic_write(out / "config.yaml", lambda p: Path(p).write_text(text))
+        cfg = load_config(out / "config.yaml")
+    card = model_card(run_dir, cfg, args.which, iteration)
+    atomic_write(out / "README.md", lambda p: Path(p).write_text(card))
+    print(f"wrote the {args.which} of iteration {iteration} to {args.out} (weights, config, model card)")
     size = args.program or args.example_size
     if args.program or args.torch_export or args.onnx:
         from .models.program import export_program
@@ -133,6 +148,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.onnx:
             print(f"onnxruntime check: max |logit difference| {done.onnx_max_diff:.2g}" if done.onnx_checked
                   else "onnxruntime is not installed: model.onnx was not run (pip install onnxruntime)")
+    if args.push_to_hub:
+        from .models.hub import push_folder
+
+        print(f"pushed {out} to {push_folder(out, args.push_to_hub, args.private)}")
     return 0
 
 
@@ -265,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--example-size", type=int, nargs=2, metavar=("H", "W"), default=[256, 512],
                     help="the input size the graphs are traced on (the only size for a graph that cannot "
                          "keep a symbolic size, e.g. HRDA)")
+    ex.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to the hub model repo REPO "
+                    "(owner/name; created if missing; needs a login: huggingface-cli login)")
+    ex.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     ex.add_argument("--program", type=int, nargs=2, metavar=("H", "W"),
                     help="--torch-export traced on H x W (kept from earlier versions)")
     ex.set_defaults(func=cmd_export)

@@ -216,10 +216,13 @@ class Segmentor(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Segmentor":
-        """Load what :meth:`save_pretrained` wrote (a folder, or the ``model.safetensors`` in it)."""
+        """Load what :meth:`save_pretrained` wrote: a folder, the ``model.safetensors`` in it, or a hub
+        id (``owner/name[@revision]``, downloaded once and then read from the cache)."""
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        from .hub import resolve_weights
+
+        directory = resolve_weights(directory)
         if directory.is_file():
             directory = directory.parent
         cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
