@@ -61,7 +61,8 @@ UNIT = Range(0, 1)  # probabilities, ratios, thresholds
 COUNT = Range(1)
 
 Backbone = Literal["conv_small", "conv_base", "mit_tiny", "mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5",
-                   "dinov2_tiny", "dinov2_small", "dinov2_base", "dinov2_large"]
+                   "dinov2_tiny", "dinov2_small", "dinov2_base", "dinov2_large",
+                   "dinov2reg_tiny", "dinov2reg_small", "dinov2reg_base", "dinov2reg_large"]
 DatasetName = Literal["synthetic", "folder", "gta5", "cityscapes", "synthia", "synthia_seq", "viper", "cityscapes_seq"]
 MethodName = Literal["source_only", "source_only_aug", "oracle", "self_training", "daformer", "mic", "pipa",
                      "pipa_video"]
@@ -96,6 +97,9 @@ class HRDAConfig:
 class ModelConfig:
     backbone: Backbone = "conv_small"
     pretrained: str | None = None  # hub id or local folder (MiT, DINOv2)
+    # DINOv2: fpn = ViTDet's simple feature pyramid on the four token maps (new parameters, head lr),
+    # resample = the token maps bilinearly resampled to strides 4-32 (no parameters)
+    vit_neck: Literal["fpn", "resample"] = "fpn"
     decoder: Literal["daformer", "mlp"] = "daformer"
     decoder_channels: Annotated[int, COUNT] = 256
     aspp_dilations: Annotated[list[int], COUNT] = field(default_factory=lambda: [1, 6, 12, 18])
@@ -170,6 +174,9 @@ class OptimConfig:
     grad_clip: Annotated[float | None, POSITIVE] = None
     decay_norms: bool = False  # weight decay on normalisation layers (DAFormer/MIC: none, decay_mult 0 on 'norm')
     fused: Literal["auto", "on", "off"] = "auto"  # fused AdamW kernel: auto = on with CUDA (same update, fewer kernels)
+    # ViT encoders (DINOv2): transformer block i of L at lr * layer_decay^(L-1-i), the stem (embeddings,
+    # tokens, final norm) at lr * layer_decay^L; 1 = off (VFM-UDA's default). Other encoders: ignored
+    layer_decay: Annotated[float, Range(0, 1, lo_open=True)] = 1.0
 
 
 @dataclass

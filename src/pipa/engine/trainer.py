@@ -237,7 +237,8 @@ def assemble(cfg: Config, resume: bool, mode: str, allow_changes: bool = False) 
 
     o = cfg.optim
     fused = o.fused == "on" or (o.fused == "auto" and device.type == "cuda")
-    optim = torch.optim.AdamW(method.param_groups(o.lr, o.head_lr_mult, o.weight_decay, o.decay_norms), lr=o.lr,
+    optim = torch.optim.AdamW(method.param_groups(o.lr, o.head_lr_mult, o.weight_decay, o.decay_norms, o.layer_decay),
+                              lr=o.lr,
                               betas=tuple(o.betas), weight_decay=o.weight_decay, **({"fused": True} if fused else {}))
     total = cfg.train.iterations
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -317,7 +318,8 @@ def apply_optim_settings(optim: torch.optim.Optimizer, sched: torch.optim.lr_sch
     """After loading a checkpoint: learning rates, betas and weight decay from ``cfg`` (the loaded
     optimiser state carries the old run's), the schedule continuing at its iteration."""
     o = cfg.optim
-    base = [o.lr if str(g.get("name", "")).startswith("encoder") else o.lr * o.head_lr_mult for g in optim.param_groups]
+    base = [(o.lr if str(g.get("name", "")).startswith("encoder") else o.lr * o.head_lr_mult) * g.get("lr_scale", 1.0)
+            for g in optim.param_groups]
     sched.base_lrs = base  # type: ignore[attr-defined]
     for g, lr, f in zip(optim.param_groups, base, sched.lr_lambdas):  # type: ignore[attr-defined]
         g["initial_lr"], g["lr"] = lr, lr * f(sched.last_epoch)

@@ -85,15 +85,28 @@ class UDAMethod(nn.Module):
         return [m for part in [*self.shared.members(), *self.terms.values()] for m in part.trainable_modules()]
 
     def param_groups(self, lr: float, head_lr_mult: float, weight_decay: float | None = None,
-                     decay_norms: bool = True) -> list[dict[str, Any]]:
+                     decay_norms: bool = True, layer_decay: float = 1.0) -> list[dict[str, Any]]:
         """Encoder at ``lr``; decoder, classifier and training heads at ``lr * head_lr_mult``. With
         ``decay_norms=False`` the parameters of normalisation layers get their own groups
-        (``encoder_norm``, ``head_norm``) without weight decay, as in DAFormer/MIC."""
+        (``encoder_norm``, ``head_norm``) without weight decay, as in DAFormer/MIC. With
+        ``layer_decay < 1`` and an encoder that has layers (``layer_of``, DINOv2), one encoder group
+        per depth d of L blocks (``encoder_l{d}``, d = 0 the stem) at ``lr * layer_decay^(L - d)``;
+        each group's ``lr_scale`` is that factor (the trainer's schedule keeps it)."""
         head_ids = {id(p) for p in self.model.head_parameters()}
-        enc = [p for p in self.model.parameters() if id(p) not in head_ids and p.requires_grad]
+        enc_named = [(n, p) for n, p in self.model.named_parameters() if id(p) not in head_ids and p.requires_grad]
         head = [p for p in self.model.head_parameters() if p.requires_grad]
         head += [p for m in self.trainable_heads() for p in m.parameters() if p.requires_grad]
-        groups = [{"params": enc, "lr": lr, "name": "encoder"}, {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
+        encoder = self.model.encoder
+        if layer_decay < 1.0 and hasattr(encoder, "layer_of"):
+            depth, by_depth = encoder.depth, {}
+            for n, p in enc_named:
+                d = encoder.layer_of(n.removeprefix("encoder.").removeprefix("vit."))
+                by_depth.setdefault(d, []).append(p)
+            enc_groups = [{"params": ps, "lr": lr * layer_decay ** (depth - d), "lr_scale": layer_decay ** (depth - d),
+                           "name": f"encoder_l{d}"} for d, ps in sorted(by_depth.items())]
+        else:
+            enc_groups = [{"params": [p for _, p in enc_named], "lr": lr, "name": "encoder"}]
+        groups = [*enc_groups, {"params": head, "lr": lr * head_lr_mult, "name": "head"}]
         if decay_norms:
             return groups
         norm_ids = {id(p) for m in [self.model, *self.trainable_heads()] for mod in m.modules()

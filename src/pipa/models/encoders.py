@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -156,40 +158,92 @@ DINOV2_PRESETS: dict[str, dict] = {
     "dinov2_base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, out_indices=[3, 6, 9, 12]),
     "dinov2_large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, out_indices=[6, 12, 18, 24]),
 }
+# with 4 register tokens (Darcet et al., "Vision Transformers Need Registers", ICLR 2024)
+DINOV2_PRESETS.update({name.replace("dinov2_", "dinov2reg_"): {**spec, "num_register_tokens": 4}
+                       for name, spec in list(DINOV2_PRESETS.items())})
 DINOV2_HUB_IDS = {"dinov2_small": "facebook/dinov2-small", "dinov2_base": "facebook/dinov2-base",
-                  "dinov2_large": "facebook/dinov2-large"}
+                  "dinov2_large": "facebook/dinov2-large", "dinov2reg_small": "facebook/dinov2-with-registers-small",
+                  "dinov2reg_base": "facebook/dinov2-with-registers-base",
+                  "dinov2reg_large": "facebook/dinov2-with-registers-large"}
+VIT_STRIDES = (4, 8, 16, 32)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid on the ViT's four token maps (stride p = 14 or 16): the first
+    upsampled 4x (two 2x2 transposed convolutions, LayerNorm + GELU between), the second 2x, the
+    third as is, the fourth max-pooled 2x; widths D/4, D/2, D, D. New parameters: trained at the
+    head's learning rate (``Segmentor.head_parameters``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, 2), LayerNorm2d(dim // 2), nn.GELU(),
+                                 nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2))
+        self.up2 = nn.ConvTranspose2d(dim, dim // 2, 2, 2)
+        self.down2 = nn.MaxPool2d(2, ceil_mode=True)
+        self.channels = [dim // 4, dim // 2, dim, dim]
+
+    def forward(self, maps: list[Tensor]) -> list[Tensor]:
+        return [self.up4(maps[0]), self.up2(maps[1]), maps[2], self.down2(maps[3])]
 
 
 class DINOv2Encoder(nn.Module):
-    """DINOv2 ViT (``transformers.Dinov2Backbone``). The input is zero-padded (after normalisation:
-    the mean colour) to a multiple of the patch size; the token maps of the four ``out_indices``
-    layers are cropped back to the input's extent and resampled to ⌈H/s⌉ × ⌈W/s⌉ for s = 4, 8, 16, 32."""
+    """DINOv2 ViT (``transformers.Dinov2Backbone``, or ``Dinov2WithRegistersBackbone`` for the
+    ``dinov2reg_*`` presets). The input is zero-padded (after normalisation: the mean colour) to a
+    multiple of the patch size; the token maps of the four ``out_indices`` layers go through the
+    ``neck`` (``fpn``: :class:`SimpleFeaturePyramid`; ``resample``: none) and are cropped to the
+    input's extent and resampled to ⌈H/s⌉ × ⌈W/s⌉ for s = 4, 8, 16, 32."""
 
-    def __init__(self, preset: str, pretrained: str | None = None, drop_path_rate: float = 0.1) -> None:
+    def __init__(self, preset: str, pretrained: str | None = None, drop_path_rate: float = 0.1,
+                 neck: str = "fpn") -> None:
         super().__init__()
         from transformers import Dinov2Backbone, Dinov2Config
 
         spec = dict(DINOV2_PRESETS[preset])
         out_indices = spec.pop("out_indices")
+        registers = spec.pop("num_register_tokens", 0)
+        if registers:
+            from transformers import Dinov2WithRegistersBackbone as Backbone
+            from transformers import Dinov2WithRegistersConfig as BackboneConfig
+        else:
+            Backbone, BackboneConfig = Dinov2Backbone, Dinov2Config  # noqa: N806
         if pretrained:
             try:
-                self.vit = Dinov2Backbone.from_pretrained(pretrained, out_indices=out_indices,
-                                                          reshape_hidden_states=True, apply_layernorm=True)
+                self.vit = Backbone.from_pretrained(pretrained, out_indices=out_indices, reshape_hidden_states=True,
+                                                    apply_layernorm=True)
             except (OSError, ValueError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise RuntimeError(f"cannot load DINOv2 weights from '{pretrained}' (a hub id needs network access "
                                    f"or a filled cache; a local folder needs config.json and the weights): {first}") from None
         else:
-            config = Dinov2Config(**spec, intermediate_size=4 * spec["hidden_size"], patch_size=14, image_size=518,
-                                  out_indices=out_indices, reshape_hidden_states=True, apply_layernorm=True,
-                                  drop_path_rate=drop_path_rate)
-            self.vit = Dinov2Backbone(config)
+            extra = {"num_register_tokens": registers} if registers else {}
+            config = BackboneConfig(**spec, **extra, intermediate_size=4 * spec["hidden_size"], patch_size=14,
+                                    image_size=518, out_indices=out_indices, reshape_hidden_states=True,
+                                    apply_layernorm=True, drop_path_rate=drop_path_rate)
+            self.vit = Backbone(config)
         self.patch = int(self.vit.config.patch_size)
-        self.channels = [int(self.vit.config.hidden_size)] * 4
+        self.depth = int(self.vit.config.num_hidden_layers)
+        dim = int(self.vit.config.hidden_size)
+        if neck not in ("fpn", "resample"):
+            raise ValueError(f"unknown config value model.vit_neck='{neck}'; choose from fpn, resample")
+        self.neck = SimpleFeaturePyramid(dim) if neck == "fpn" else None
+        self.channels = self.neck.channels if self.neck is not None else [dim] * 4
 
     def set_checkpointing(self, on: bool) -> None:
         """Activation checkpointing of every transformer layer (recomputed in backward)."""
         _hf_checkpointing(self.vit, on)
+
+    def layer_of(self, name: str) -> int:
+        """Depth of a parameter of ``vit`` for layer-wise learning-rate decay: 0 for the stem
+        (patch and position embeddings, tokens, the final norm), i + 1 for transformer block i."""
+        m = re.search(r"encoder\.layer\.(\d+)\.", name)
+        return int(m.group(1)) + 1 if m else 0
 
     def forward(self, x: Tensor) -> list[Tensor]:
         import torch.nn.functional as F
@@ -199,16 +253,18 @@ class DINOv2Encoder(nn.Module):
         ph, pw = -H % p, -W % p
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
-        maps = self.vit(pixel_values=x).feature_maps
+        maps = list(self.vit(pixel_values=x).feature_maps)
+        if self.neck is not None:
+            maps = self.neck(maps)
         out = []
-        for f, s in zip(maps, (4, 8, 16, 32)):
+        for f, s in zip(maps, VIT_STRIDES):
             h, w = -(-H // s), -(-W // s)
             full = F.interpolate(f, size=(-(-(H + ph) // s), -(-(W + pw) // s)), mode="bilinear", align_corners=False)
             out.append(full[..., :h, :w])
         return out
 
 
-def build_encoder(name: str, pretrained: str | None = None) -> nn.Module:
+def build_encoder(name: str, pretrained: str | None = None, vit_neck: str = "fpn") -> nn.Module:
     """The encoder ``name`` (``conv_small``/``conv_base`` or an MiT preset), optionally with pretrained
     weights (MiT: a hub id or local folder). Its ``channels`` lists the widths at strides 4..32."""
     if name == "conv_small":
@@ -222,6 +278,6 @@ def build_encoder(name: str, pretrained: str | None = None) -> nn.Module:
     if name in MIT_PRESETS:
         return MiTEncoder(name, pretrained)
     if name in DINOV2_PRESETS:
-        return DINOv2Encoder(name, pretrained)
+        return DINOv2Encoder(name, pretrained, neck=vit_neck)
     choices = ", ".join(["conv_small", "conv_base", *MIT_PRESETS, *DINOV2_PRESETS])
     raise ValueError(f"unknown config value model.backbone='{name}'; choose from {choices}")

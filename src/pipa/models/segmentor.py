@@ -42,7 +42,7 @@ class Segmentor(nn.Module):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(cfg.num_classes)]
         if len(self.class_names) != cfg.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for model.num_classes={cfg.num_classes}")
-        self.encoder = build_encoder(cfg.backbone, cfg.pretrained)
+        self.encoder = build_encoder(cfg.backbone, cfg.pretrained, cfg.vit_neck)
         chans = self.encoder.channels
         if cfg.decoder == "daformer":
             self.decoder: nn.Module = DAFormerHead(chans, cfg.decoder_channels, cfg.aspp_dilations, cfg.aspp_separable,
@@ -78,7 +78,9 @@ class Segmentor(nn.Module):
         """Decoder + classifier (+ HRDA's scale attention) parameters (trained with the head
         learning-rate multiplier)."""
         att = [] if self.scale_attention is None else list(self.scale_attention.parameters())
-        return [*self.decoder.parameters(), *self.classifier.parameters(), *att]
+        neck = getattr(self.encoder, "neck", None)  # a ViT's feature pyramid: new parameters, like the head's
+        neck_params = [] if neck is None else list(neck.parameters())
+        return [*self.decoder.parameters(), *self.classifier.parameters(), *att, *neck_params]
 
     def draw_detail_box(self, images: Tensor, generator: torch.Generator | None) -> Box | None:
         """HRDA: the detail crop of a training pass over ``images`` (one per batch); None otherwise."""
