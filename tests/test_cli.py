@@ -239,3 +239,27 @@ def test_export_program_runs_without_pipa_and_matches(tmp_path, capsys):
     with torch.no_grad():
         want = model(x).logits
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), want, rtol=1e-4, atol=1e-4)
+
+
+def test_predict_refuses_weights_without_a_config(tmp_path, capsys):
+    """``pipa predict`` on a folder with weights but no config.yaml: one line naming the folder and
+    what is missing, nothing written; ``--no-protocol`` segments whole images at their size."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", str(PRESET), *tiny_overrides(run, iterations=1)]) == 0
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("model.safetensors", "config.json"):
+        shutil.copy(run / f, bare / f)
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    capsys.readouterr()
+    assert main(["predict", str(bare), str(tmp_path / "a.png"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{bare}: no config.yaml next to these weights" in err[0]
+    assert not (tmp_path / "p").exists()
+    assert main(["predict", str(bare), str(tmp_path / "a.png"), "--out", str(tmp_path / "p"), "--no-protocol"]) == 0
+    assert np.asarray(Image.open(tmp_path / "p" / "a_labels.png")).shape == (32, 64)

@@ -96,9 +96,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment image files, frame folders and video files with the weights' evaluation protocol."""
     from .api import load
+    from .models.hub import resolve_weights
     from .predict import predict_sources
 
-    seg = load(args.weights, device=args.device, batch_size=args.batch_size)
+    folder = resolve_weights(args.weights)
+    folder = folder if folder.is_dir() else folder.parent
+    if not args.no_protocol and not any((d / "config.yaml").is_file() for d in (folder, folder.parent)):
+        raise FileNotFoundError(f"{folder}: no config.yaml next to these weights, so their evaluation protocol "
+                                "(input resize, sliding window) is unknown: export them with pipa export, or pass "
+                                "--no-protocol to segment whole images at their own size")
+    seg = load(folder, device=args.device, batch_size=args.batch_size)
     n = predict_sources(seg, [Path(i) for i in args.inputs], Path(args.out), label_ids=args.label_ids,
                         color=not args.no_color, overlay=not args.no_overlay, video=args.video)
     print(f"wrote predictions for {n} image(s) or frame(s) to {args.out}")
@@ -268,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-overlay", action="store_true", help="no overlays")
     pr.add_argument("--video", action="store_true", help="also write <name>_color.mp4 for each video or frame folder")
     pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--no-protocol", action="store_true",
+                    help="weights without a config.yaml: whole images at their own size")
     pr.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU when there is one)")
     pr.set_defaults(func=cmd_predict)
 
