@@ -199,3 +199,27 @@ def test_hrda_presets_show_the_published_values():
     assert load_config(CONFIGS / "gta2cs_mic_hrda.yaml").method.name == "mic"
     mp = load_config(CONFIGS / "gta2cs_mic_hrda_pipa.yaml")
     assert mp.method.name == "pipa" and mp.method.pipa.base == "mic"
+
+
+def test_hrda_model_exports_at_its_example_size(tmp_path):
+    """HRDA's windows depend on the input size: torch.export and ONNX graphs fixed to the example
+    size, which say so, and whose logits equal the model's (ONNX checked when onnxruntime is there)."""
+    pytest.importorskip("onnxscript")
+    from pipa.models.program import export_program
+
+    cfg = load_config(PRESET, TINY_HRDA)
+    torch.manual_seed(0)
+    model = build_segmentor(cfg.model).eval()
+    done = export_program(model, tmp_path, 64, 128, torch_export=True, onnx=True)
+    assert not done.dynamic_size and done.why
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        want = model(x).logits
+    torch.testing.assert_close(torch.export.load(str(tmp_path / "model.pt2")).module()(x), want, rtol=1e-4, atol=1e-4)
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    assert done.onnx_checked
+    (got,) = onnxruntime.InferenceSession(str(tmp_path / "model.onnx")).run(["logits"], {"images": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)

@@ -89,7 +89,11 @@ def export_program(model: Segmentor, out_dir: str | Path, height: int, width: in
         wants = [wrapper(x) for x in checks]
     if torch_export:
         path = out_dir / "model.pt2"
-        atomic_write(path, lambda p: torch.export.save(program, str(p)))
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: the temp name does not end in .pt2
+                torch.export.save(program, fh)
+
+        atomic_write(path, save)
         loaded = torch.export.load(str(path)).module()
         for x, want in zip(checks, wants):
             got = loaded(x)
