@@ -108,11 +108,11 @@ def load(path: str | Path, which: str = "student", device: str | torch.device | 
     or one up) gives the evaluation protocol."""
     from .config import load_config
 
-    from .models.hub import resolve_weights
+    from .models.hub import config_next_to, resolve_weights
 
     p = resolve_weights(path)  # a hub id (owner/name[@revision]) -> its cached snapshot
     folder = p if p.is_dir() else p.parent
-    cfg_file = next((d / "config.yaml" for d in (folder, folder.parent) if (d / "config.yaml").is_file()), None)
+    cfg_file = config_next_to(folder)
     protocol = load_config(cfg_file).eval if cfg_file is not None else None
     if which == "student":
         model = Segmentor.from_pretrained(folder)

@@ -44,12 +44,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _load_for_eval(path: Path, overrides: list[str]):
     from .config import load_config
     from .models import Segmentor
-    from .models.hub import resolve_weights
+    from .models.hub import config_next_to, resolve_weights
 
     path = resolve_weights(path)  # a hub id -> its cached snapshot
     run_dir = path if path.is_dir() else path.parent
-    # a run folder, its best/ folder (config one level up) or exported weights
-    cfg_file = next((d / "config.yaml" for d in (run_dir, run_dir.parent) if (d / "config.yaml").is_file()), None)
+    cfg_file = config_next_to(run_dir)  # a run folder, its best/ folder (config one level up) or exported weights
     if cfg_file is None and not any(o.startswith("data.val.") for o in overrides):
         raise ValueError(f"{run_dir}: no config.yaml next to these weights, so the dataset to evaluate on is unknown: "
                          "name it, e.g. data.val.name=cityscapes data.val.root=data/cityscapes eval.protocol=gta2cs")
@@ -96,12 +95,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment image files, frame folders and video files with the weights' evaluation protocol."""
     from .api import load
-    from .models.hub import resolve_weights
+    from .models.hub import config_next_to, resolve_weights
     from .predict import predict_sources
 
     folder = resolve_weights(args.weights)
     folder = folder if folder.is_dir() else folder.parent
-    if not args.no_protocol and not any((d / "config.yaml").is_file() for d in (folder, folder.parent)):
+    if not args.no_protocol and config_next_to(folder) is None:
         raise FileNotFoundError(f"{folder}: no config.yaml next to these weights, so their evaluation protocol "
                                 "(input resize, sliding window) is unknown: export them with pipa export, or pass "
                                 "--no-protocol to segment whole images at their own size")
@@ -368,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError
+    from .core.io import first_line
     from .data.datasets import DatasetError
 
     try:
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, OSError, ValueError, RuntimeError, FloatingPointError) as exc:
         if os.environ.get("PIPA_DEBUG"):
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc)
         print(f"pipa: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

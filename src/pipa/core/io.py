@@ -22,3 +22,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name when the message is empty), cut to
+    ``limit`` characters: what a one-line error quotes of a library's multi-line one."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

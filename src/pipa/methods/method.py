@@ -100,7 +100,7 @@ class UDAMethod(nn.Module):
         if layer_decay < 1.0 and hasattr(encoder, "layer_of"):
             depth, by_depth = encoder.depth, {}
             for n, p in enc_named:
-                d = encoder.layer_of(n.removeprefix("encoder.").removeprefix("vit."))
+                d = encoder.layer_of(n)
                 by_depth.setdefault(d, []).append(p)
             enc_groups = [{"params": ps, "lr": lr * layer_decay ** (depth - d), "lr_scale": layer_decay ** (depth - d),
                            "name": f"encoder_l{d}"} for d, ps in sorted(by_depth.items())]

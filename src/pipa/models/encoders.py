@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..core.io import first_line
+
 
 class _ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1) -> None:
@@ -129,7 +131,7 @@ class MiTEncoder(nn.Module):
             try:
                 self.mit = SegformerModel.from_pretrained(pretrained)
             except (OSError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise RuntimeError(
                     f"cannot load MiT weights from '{pretrained}' (a hub id needs network access or a "
                     f"filled cache; a local folder needs config.json and the weights): {first}"
@@ -218,7 +220,7 @@ class DINOv2Encoder(nn.Module):
                 self.vit = Backbone.from_pretrained(pretrained, out_indices=out_indices, reshape_hidden_states=True,
                                                     apply_layernorm=True)
             except (OSError, ValueError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                first = first_line(exc)
                 raise RuntimeError(f"cannot load DINOv2 weights from '{pretrained}' (a hub id needs network access "
                                    f"or a filled cache; a local folder needs config.json and the weights): {first}") from None
         else:

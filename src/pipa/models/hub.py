@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..core.io import first_line
+
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
 # the files a pipa weights folder may hold (nothing else is downloaded)
 WEIGHT_FILES = ["config.json", "model.safetensors", "config.yaml", "README.md", "model.onnx", "model.pt2"]
@@ -39,10 +41,17 @@ def resolve_weights(path_or_id: str | Path) -> Path:
     try:
         return Path(snapshot_download(repo, revision=revision or None, allow_patterns=WEIGHT_FILES))
     except Exception as exc:  # no network and no cached copy, unknown repo, gated repo, ...
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, 160)
         raise FileNotFoundError(f"{path_or_id}: not a local folder, and the hub copy could not be fetched or found "
                                 f"in the cache ({type(exc).__name__}: {reason}); download it where there is "
                                 "network (it is cached), or give a local folder") from None
+
+
+def config_next_to(weights: Path) -> Path | None:
+    """The run's ``config.yaml`` for a weights folder (or a file in it): in the folder, or one up (a
+    run's ``best/``); None when there is none."""
+    folder = weights if weights.is_dir() else weights.parent
+    return next((d / "config.yaml" for d in (folder, folder.parent) if (d / "config.yaml").is_file()), None)
 
 
 def model_card(run_dir: Path | None, cfg: Any, which: str, iteration: int) -> str:
@@ -122,7 +131,7 @@ def push_folder(folder: Path, repo: str, private: bool = False) -> str:
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
                           commit_message="pipa export")
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, 160)
         raise RuntimeError(f"pushing {folder} to the hub repo {repo} failed ({type(exc).__name__}: {reason}); "
                            "the exported folder is complete and can be pushed again") from None
     return f"https://huggingface.co/{repo}"

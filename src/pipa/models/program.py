@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..core.io import first_line
 from .segmentor import Segmentor
 
 MIN_SIDE, MAX_SIDE = 64, 8192
@@ -56,7 +57,7 @@ def _export(wrapper: nn.Module, example: Tensor) -> tuple[torch.export.ExportedP
         program = torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch, 2: height, 3: width}})
         return program, True, ""
     except Exception as e:  # a graph that branches on the size: export that size only
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        why = first_line(e, 200)
         program = torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
         return program, False, why
 
