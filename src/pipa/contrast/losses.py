@@ -6,14 +6,16 @@ All inputs are unit vectors (rows), similarity ``s = a·b``, temperature ``τ``.
 
     ℓ_i = -1/|P(i)| Σ_{p∈P(i)} log( exp(s_ip/τ) / (exp(s_ip/τ) + Σ_{n∈N(i)} exp(s_in/τ)) )
 
-computed with each row's maximum subtracted, so large similarities do not overflow; masks are
-multiplications, never ``-inf`` fills, so an empty negative set gives finite values and finite
-gradients.
+computed as ``softplus(LSE_n - s_p/τ)`` (``LSE_n``: the log-sum-exp of the anchor's negatives),
+stable at any temperature, with a closed-form backward (:class:`_PositiveTerms`); masks are
+additions and multiplications, never ``-inf`` fills, so an empty negative set gives finite values
+and finite gradients.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -41,33 +43,70 @@ def _check_rows(name: str, x: Tensor, dim: int | None = None) -> None:
         raise ValueError(f"{name} has dimension {x.shape[1]}, expected {dim}")
 
 
-def _anchor_terms(logits: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-    """``logits`` (n, m) = s/τ; ``pos``/``neg`` (n, m) bool -> (ℓ (n,), qualifies (n,) bool), with
-    ``ℓ_i = -mean_p log(exp(s_p) / (exp(s_p) + Σ_n exp(s_n)))``.
+def _far(dtype: torch.dtype) -> float:
+    """A finite "minus infinity": added to a logit, exp() gives 0 and gradients stay finite."""
+    return torch.finfo(dtype).min / 4
 
-    Each positive's term is ``s_p - logaddexp(s_p, LSE_n)`` with ``LSE_n`` the log-sum-exp of the
-    row's negatives: stable at any temperature (a shift by the row maximum, the anchor's own column
-    included, made ``exp`` underflow in float32 below τ ≈ 0.023). Columns that are neither positive
-    nor negative take no part, and rows without a negative get a finite value (``qualifies`` False)."""
-    # masks as multiplications (a bool ``where`` over the (n, m) block is ~4x slower on CPU):
-    # non-negatives get a finite "minus infinity" added, so exp() is 0 and gradients stay finite
-    far = torch.finfo(logits.dtype).min / 4
-    lse_neg = torch.logsumexp(logits + (~neg).to(logits.dtype) * far, 1, keepdim=True)
-    log_prob = logits - torch.logaddexp(logits, lse_neg)
-    n_pos = pos.sum(1)
-    loss = -(log_prob * pos.to(logits.dtype)).sum(1) / n_pos.clamp_min(1)
-    ok = (n_pos > 0) & neg.any(1)
-    return loss, ok
+
+class _PositiveTerms(torch.autograd.Function):
+    """``Σ_p softplus(LSE_i - s_ip)`` of every row ``i``, with ``LSE_i`` the log-sum-exp of the
+    row's negatives, and a closed-form backward.
+
+    ``softplus(LSE - s_p) = -log(exp(s_p) / (exp(s_p) + exp(LSE)))`` is stable at any temperature
+    (a shift by the row maximum, the anchor's own column included, made ``exp`` underflow in
+    float32 below τ ≈ 0.023). With ``x = LSE - s``: ``∂/∂s_p = -σ(x_p)`` on a positive and
+    ``∂/∂s_n = exp(s_n - LSE) · Σ_p σ(x_p)`` on a negative, a few passes over the block where
+    autograd would chain back through every step of the log-sum-exp.
+
+    Inputs: ``logits`` (n, m) = s/τ; ``pos`` (n, m) 0/1 floats, or None when no column of the block
+    is a positive; ``neg_bias`` (n, m) 0 on negatives and :func:`_far` elsewhere (masks as additions
+    and multiplications: a bool ``where`` over the block is ~4x slower on CPU); optionally one more
+    positive column per row: ``extra`` (n,) logits, ``extra_pos`` (n,) 0/1 floats."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, pos: Tensor | None, neg_bias: Tensor, extra: Tensor | None,  # type: ignore[override]
+                extra_pos: Tensor | None) -> Tensor:
+        lse = torch.logsumexp(logits + neg_bias, 1, keepdim=True)
+        x = lse - logits
+        total = (F.softplus(x) * pos).sum(1) if pos is not None else logits.new_zeros(logits.shape[0])
+        xe = None
+        if extra is not None and extra_pos is not None:
+            xe = lse[:, 0] - extra
+            total = total + F.softplus(xe) * extra_pos
+        ctx.save_for_backward(x, pos, neg_bias, xe, extra_pos)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, Tensor | None, None]:  # type: ignore[override]
+        x, pos, neg_bias, xe, extra_pos = ctx.saved_tensors
+        # r = σ(x) on positives; exp(s - LSE) = exp(bias - x) is 0 off the negatives, and on a row
+        # without negatives every σ(x_p) is exactly 0
+        r = torch.sigmoid(x).mul_(pos) if pos is not None else None
+        r_sum = r.sum(1, keepdim=True) if r is not None else x.new_zeros(x.shape[0], 1)
+        d_extra = None
+        if xe is not None:
+            re = torch.sigmoid(xe).mul_(extra_pos)
+            r_sum = r_sum + re[:, None]
+            d_extra = -grad * re
+        d = torch.exp(neg_bias - x).mul_(r_sum)
+        if r is not None:
+            d.sub_(r)
+        return d.mul_(grad[:, None]), None, None, d_extra, None
 
 
 def _pixel_chunk(anchors: Tensor, labels: Tensor, offset: int, contrast: Tensor, contrast_labels: Tensor,
-                 inv_t: float) -> tuple[Tensor, Tensor]:
-    logits = anchors @ contrast.t() * inv_t
-    same = labels[:, None] == contrast_labels[None, :]
-    valid_c = (contrast_labels != IGNORE_INDEX)[None, :]
-    cols = torch.arange(contrast.shape[0], device=anchors.device)[None, :]
-    not_self = cols != (offset + torch.arange(anchors.shape[0], device=anchors.device))[:, None]
-    return _anchor_terms(logits, same & valid_c & not_self, ~same & valid_c)
+                 invalid: Tensor, n_valid: Tensor, inv_t: float) -> tuple[Tensor, Tensor]:
+    """ℓ of the anchors from row ``offset`` on against every contrast row, and which qualify.
+    ``contrast_labels`` is -1 where ignored (equal to no label); ``invalid`` (1, m) is 1 there and
+    ``n_valid`` counts the others."""
+    logits = (anchors * inv_t) @ contrast.t()
+    same = (labels[:, None] == contrast_labels[None, :]).to(logits.dtype)  # same class and valid, self included
+    neg_bias = (same + invalid).mul_(_far(logits.dtype))
+    n_same = same.sum(1)
+    same.diagonal(offset).zero_()  # an anchor is never its own positive (its own column is offset + row)
+    n_pos = n_same - (labels != IGNORE_INDEX).to(n_same.dtype)
+    loss = _PositiveTerms.apply(logits, same, neg_bias, None, None) / n_pos.clamp_min(1)
+    return loss, (n_pos > 0) & (n_valid - n_same > 0)
 
 
 class PixelContrastLoss(nn.Module):
@@ -118,6 +157,9 @@ class PixelContrastLoss(nn.Module):
         if anchors.shape[0] == 0:
             return zero
         inv_t = 1.0 / self.temperature
+        ignored = all_labels == IGNORE_INDEX
+        all_labels = all_labels.masked_fill(ignored, -1)  # an ignored row matches no anchor label
+        invalid, n_valid = ignored.to(anchors.dtype)[None, :], (~ignored).sum()
         total, count = zero, zero.detach()  # the count stays on the device: no host synchronisation
         # recompute chunks in backward only when there is more than one (bounded peak memory)
         grad = torch.is_grad_enabled() and all_rows.requires_grad and anchors.shape[0] > self.chunk_size
@@ -125,9 +167,10 @@ class PixelContrastLoss(nn.Module):
             a, l = anchors[start:start + self.chunk_size], anchor_labels[start:start + self.chunk_size]
             off = start
             if grad:
-                loss, ok = checkpoint(_pixel_chunk, a, l, off, all_rows, all_labels, inv_t, use_reentrant=False)
+                loss, ok = checkpoint(_pixel_chunk, a, l, off, all_rows, all_labels, invalid, n_valid, inv_t,
+                                      use_reentrant=False)
             else:
-                loss, ok = _pixel_chunk(a, l, off, all_rows, all_labels, inv_t)
+                loss, ok = _pixel_chunk(a, l, off, all_rows, all_labels, invalid, n_valid, inv_t)
             ok = ok & (l != IGNORE_INDEX)
             total = total + (loss * ok).sum()
             count = count + ok.sum()
@@ -150,15 +193,10 @@ class PatchContrastLoss(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
 
-    def _direction(self, a: Tensor, p: Tensor, negatives: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        inv_t = 1.0 / self.temperature
-        pos = (a * p).sum(1, keepdim=True) * inv_t
-        neg = a @ negatives.t() * inv_t
-        logits = torch.cat([pos, neg], 1)
-        pos_mask = torch.zeros_like(logits, dtype=torch.bool)
-        pos_mask[:, 0] = True
-        neg_mask = torch.cat([torch.zeros_like(valid[:, :1]), valid], 1)
-        return _anchor_terms(logits, pos_mask, neg_mask)
+    def _direction(self, a: Tensor, p: Tensor, negatives: Tensor, neg_bias: Tensor) -> Tensor:
+        a = a * (1.0 / self.temperature)
+        pos = (a * p).sum(1)
+        return _PositiveTerms.apply(a @ negatives.t(), None, neg_bias, pos, torch.ones_like(pos))
 
     @_no_autocast
     def forward(self, view1: Tensor, view2: Tensor, negatives: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -176,8 +214,10 @@ class PatchContrastLoss(nn.Module):
         zero = (view1.sum() + view2.sum() + negatives.sum()) * 0.0
         if k == 0:
             return zero
-        l12, ok = self._direction(view1, view2, negatives, valid)
-        l21, _ = self._direction(view2, view1, negatives, valid)  # the same negatives: the same anchors qualify
+        neg_bias = (~valid).to(view1.dtype).mul_(_far(view1.dtype))
+        ok = valid.any(1)  # the same negatives in both directions: the same anchors qualify
+        l12 = self._direction(view1, view2, negatives, neg_bias)
+        l21 = self._direction(view2, view1, negatives, neg_bias)
         # anchors without a valid negative have no contrast: left out of the mean, as in L_pix
         return zero + ((l12 + l21) * ok).sum() / ok.sum().clamp_min(1) / 2
 
@@ -212,20 +252,23 @@ class TemporalContrastLoss(nn.Module):
         _check_rows("contrast", contrast, anchors.shape[1])
         if (matched is None) != (matched_valid is None):
             raise ValueError("give matched and matched_valid together")
-        inv_t = 1.0 / self.temperature
         zero = (anchors.sum() + contrast.sum()) * 0.0
-        logits = anchors @ contrast.t() * inv_t
-        same = anchor_labels[:, None] == contrast_labels[None, :]
-        valid_c = (contrast_labels != IGNORE_INDEX)[None, :]
-        pos, neg = same & valid_c, ~same & valid_c
-        if matched is not None and matched_valid is not None:
+        if matched is not None:
             _check_rows("matched", matched, anchors.shape[1])
             zero = zero + matched.sum() * 0.0
-            logits = torch.cat([logits, (anchors * matched).sum(1, keepdim=True) * inv_t], 1)
-            pos = torch.cat([pos, matched_valid[:, None]], 1)
-            neg = torch.cat([neg, torch.zeros_like(matched_valid[:, None])], 1)
         if anchors.shape[0] == 0:
             return zero
-        loss, ok = _anchor_terms(logits, pos, neg)
-        ok = ok & (anchor_labels != IGNORE_INDEX)
+        a = anchors * (1.0 / self.temperature)
+        logits = a @ contrast.t()
+        ignored = contrast_labels == IGNORE_INDEX
+        same = (anchor_labels[:, None] == contrast_labels.masked_fill(ignored, -1)[None, :]).to(logits.dtype)
+        neg_bias = (same + ignored.to(logits.dtype)[None, :]).mul_(_far(logits.dtype))
+        n_pos = same.sum(1)
+        has_neg = (~ignored).sum() - n_pos > 0
+        extra = extra_pos = None
+        if matched is not None and matched_valid is not None:
+            extra, extra_pos = (a * matched).sum(1), matched_valid.to(logits.dtype)
+            n_pos = n_pos + extra_pos
+        loss = _PositiveTerms.apply(logits, same, neg_bias, extra, extra_pos) / n_pos.clamp_min(1)
+        ok = (n_pos > 0) & has_neg & (anchor_labels != IGNORE_INDEX)
         return zero + (loss * ok).sum() / ok.sum().clamp_min(1)  # exact 0 when no anchor qualifies
