@@ -133,10 +133,11 @@ def test_sample_view_pair_is_aligned_and_respects_iou():
 
 def naive_pool(labels, s, K):
     B, H, W = labels.shape
-    out = torch.zeros(B, H // s, W // s, dtype=torch.long)
+    h, w = -(-H // s), -(-W // s)  # a partial last cell where the size is not a multiple of s
+    out = torch.zeros(B, h, w, dtype=torch.long)
     for b in range(B):
-        for i in range(H // s):
-            for j in range(W // s):
+        for i in range(h):
+            for j in range(w):
                 cell = labels[b, i * s:(i + 1) * s, j * s:(j + 1) * s].reshape(-1).tolist()
                 counts = {v: cell.count(v) for v in set(cell)}
                 best = max(counts.values())
@@ -155,6 +156,18 @@ def test_pool_labels_majority_with_ignore():
     assert pool_labels(lab, 4, 3).item() == IGN  # mostly ignored stays ignored
 
 
+def test_pool_labels_random_maps_partial_cells_and_dtypes():
+    """Against the per-cell loop on random maps with ties, out-of-range ids and a size that is not a
+    multiple of the stride (partial last cells), for int64 and uint8 labels."""
+    g = torch.Generator().manual_seed(3)
+    for shape, K in (((3, 13, 22), 5), ((2, 16, 16), 2), ((1, 9, 7), 8)):
+        labels = torch.randint(0, K + 2, shape, generator=g)  # K, K + 1: out of range, counted as ignored
+        labels[torch.rand(shape, generator=g) < 0.2] = IGN
+        want = naive_pool(torch.where(labels >= K, IGN, labels), 4, K)
+        assert torch.equal(pool_labels(labels, 4, K), want)
+        assert torch.equal(pool_labels(labels.to(torch.uint8), 4, K), want)
+
+
 def test_warp_backward_with_a_constant_flow():
     """Frame τ shows at u what frame τ-1 showed at u + (2, -1) cells: warping τ-1 gives τ."""
     prev = torch.arange(6 * 8, dtype=torch.float32).view(1, 1, 6, 8)
@@ -170,3 +183,20 @@ def test_warp_backward_with_a_constant_flow():
     # pixel flow -> cell flow: a 4-pixel shift is one stride-4 cell
     fc, fv = flow_to_cells(torch.full((1, 2, 8, 8), 4.0), torch.ones(1, 8, 8, dtype=torch.bool), 4)
     assert torch.allclose(fc, torch.ones(1, 2, 2, 2)) and fv.all()
+
+
+def test_sample_boxes_are_stride_aligned_inside_and_uniform():
+    """Every admissible corner (13 x 25 of them for a 48x96 crop of 96x192 on stride 4) comes up
+    about equally often: the counts of 32,500 draws stay within a binomial band of the mean 100."""
+    from pipa.contrast import sample_boxes
+
+    g = torch.Generator().manual_seed(0)
+    boxes = sample_boxes(32_500, 96, 192, 48, 96, 4, g)
+    counts = torch.zeros(13, 25)
+    for b in boxes:
+        assert b.y % 4 == 0 and b.x % 4 == 0 and (b.h, b.w) == (48, 96)
+        assert 0 <= b.y <= 96 - 48 and 0 <= b.x <= 192 - 96
+        counts[b.y // 4, b.x // 4] += 1
+    assert counts.min() >= 55 and counts.max() <= 150  # mean 100, sd ~10: far outside is a biased draw
+    with pytest.raises(ValueError, match="multiple of the feature stride"):
+        sample_boxes(1, 96, 192, 50, 96, 4, g)

@@ -44,16 +44,30 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / (a.area() + b.area() - inter)
 
 
+def _check_crop(height: int, width: int, crop_h: int, crop_w: int, stride: int) -> tuple[int, int]:
+    """The crop's corner positions on the stride grid: (rows, columns); raises if it cannot fit."""
+    if crop_h % stride or crop_w % stride:
+        raise ValueError(f"crop size {crop_h}x{crop_w} must be a multiple of the feature stride {stride}")
+    if crop_h > height or crop_w > width:
+        raise ValueError(f"crop {crop_h}x{crop_w} does not fit in {height}x{width}")
+    return (height - crop_h) // stride + 1, (width - crop_w) // stride + 1
+
+
+def sample_boxes(n: int, height: int, width: int, crop_h: int, crop_w: int, stride: int,
+                 generator: torch.Generator | None = None) -> list[Box]:
+    """``n`` independent ``crop_h × crop_w`` crops, corners uniform on multiples of ``stride``: one
+    draw for all (the patch term's ``student_teacher`` view)."""
+    ny, nx = _check_crop(height, width, crop_h, crop_w, stride)
+    r = on_host(torch.randint(0, ny * nx, (n,), generator=generator)).tolist()
+    return [Box(int(v // nx) * stride, int(v % nx) * stride, crop_h, crop_w) for v in r]
+
+
 def sample_view_pair(height: int, width: int, crop_h: int, crop_w: int, stride: int,
                      iou_range: tuple[float, float] = (0.1, 1.0), generator: torch.Generator | None = None,
                      tries: int = 100) -> tuple[Box, Box]:
     """Two ``crop_h × crop_w`` crops of an ``height × width`` image, corners on multiples of
     ``stride``, whose IoU lies in ``iou_range`` (rejection sampling; the overlap is never empty)."""
-    if crop_h % stride or crop_w % stride:
-        raise ValueError(f"crop size {crop_h}x{crop_w} must be a multiple of the feature stride {stride}")
-    if crop_h > height or crop_w > width:
-        raise ValueError(f"crop {crop_h}x{crop_w} does not fit in {height}x{width}")
-    ny, nx = (height - crop_h) // stride + 1, (width - crop_w) // stride + 1
+    ny, nx = _check_crop(height, width, crop_h, crop_w, stride)
     lo, hi = iou_range
 
     def draw() -> Box:
@@ -96,16 +110,16 @@ def pool_labels(labels: Tensor, stride: int, num_classes: int) -> Tensor:
         return labels.long()
     B, H, W = labels.shape
     h, w, K1 = -(-H // stride), -(-W // stride), num_classes + 1
-    lab = labels.long()
-    lab = torch.where((lab == IGNORE_INDEX) | (lab < 0) | (lab >= num_classes), torch.full_like(lab, num_classes), lab)
     dev = labels.device
-    cell = (torch.arange(H, device=dev) // stride)[:, None] * w + (torch.arange(W, device=dev) // stride)[None, :]
-    idx = (torch.arange(B, device=dev)[:, None, None] * (h * w) + cell) * K1 + lab
-    flat = idx.reshape(-1)  # a scatter, not bincount: no host read of the maximum
-    counts = torch.zeros(B * h * w * K1, dtype=torch.long, device=dev).scatter_add_(0, flat, torch.ones_like(flat))
-    counts = counts.view(B, h, w, K1)
-    out = counts.argmax(-1)
-    return torch.where(out == num_classes, torch.full_like(out, IGNORE_INDEX), out)
+    # each pixel's bin (image, cell, value) with 255 and out-of-range ids as value K (counted last);
+    # int32 counts added in place: no host read of the maximum, and ~2x faster than a scatter of int64
+    idx = labels.long().masked_fill((labels < 0) | (labels >= num_classes), num_classes)
+    cell = ((torch.arange(H, device=dev) // stride)[:, None] * w + (torch.arange(W, device=dev) // stride)[None, :]) * K1
+    idx = idx.add_(cell).add_((torch.arange(B, device=dev) * (h * w * K1))[:, None, None]).reshape(-1)
+    ones = torch.ones(1, dtype=torch.int32, device=dev).expand(idx.numel())
+    counts = torch.zeros(B * h * w * K1, dtype=torch.int32, device=dev).index_add_(0, idx, ones)
+    out = counts.view(B, h, w, K1).argmax(-1)
+    return out.masked_fill(out == num_classes, IGNORE_INDEX)
 
 
 def flow_to_cells(flow: Tensor, valid: Tensor, stride: int) -> tuple[Tensor, Tensor]:

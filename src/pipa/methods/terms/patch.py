@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...config import PatchTermConfig, TeacherConfig
 from ...contrast import (PatchContrastLoss, PatchSampler, ProjectionHead, block_ids, overlap_cells, pool_labels,
-                         sample_view_pair)
+                         sample_boxes, sample_view_pair)
 from ...uda.teacher import EMATeacher
 from ..context import StepContext, cells
 from .base import Logs, Term, zero_use
@@ -70,7 +70,7 @@ class PatchContrastTerm(Term):
         pl_cells = pool_labels(ctx.pseudo_label, stride, self.num_classes)  # (B, h, w) teacher labels
         gh, gw = pl_cells.shape[1:]
         if pc.views == "student_teacher":
-            boxes = [sample_view_pair(H, W, ch, cw, stride, (1.0, 1.0), gen)[0] for _ in range(B)]
+            boxes = sample_boxes(B, H, W, ch, cw, stride, gen)
             crops = torch.stack([img[b, :, bx.y:bx.y + bx.h, bx.x:bx.x + bx.w] for b, bx in enumerate(boxes)])
             m1 = cells(ctx.student(ctx.augment(crops), features_only=True).features)
             lab1 = torch.cat([pl_cells[b, bx.cells(stride)[0], bx.cells(stride)[1]].reshape(-1)
