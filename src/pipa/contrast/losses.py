@@ -48,6 +48,20 @@ def _far(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min / 4
 
 
+def _contrast_labels(labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Contrast-row labels (m,) -> (labels with 255 as -1, which no anchor label equals; (1, m) 1.0 on
+    ignored rows; the number of valid rows)."""
+    ignored = labels == IGNORE_INDEX
+    return labels.masked_fill(ignored, -1), ignored.to(dtype)[None, :], (~ignored).sum()
+
+
+def _class_masks(labels: Tensor, contrast_labels: Tensor, invalid: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Anchor labels (n,) against :func:`_contrast_labels` output -> (``same`` (n, m) 1.0 where the
+    classes agree on a valid row, ``neg_bias`` (n, m) 0 on negatives and :func:`_far` elsewhere)."""
+    same = (labels[:, None] == contrast_labels[None, :]).to(dtype)
+    return same, (same + invalid).mul_(_far(dtype))
+
+
 class _PositiveTerms(torch.autograd.Function):
     """``Σ_p softplus(LSE_i - s_ip)`` of every row ``i``, with ``LSE_i`` the log-sum-exp of the
     row's negatives, and a closed-form backward.
@@ -100,8 +114,7 @@ def _pixel_chunk(anchors: Tensor, labels: Tensor, offset: int, contrast: Tensor,
     ``contrast_labels`` is -1 where ignored (equal to no label); ``invalid`` (1, m) is 1 there and
     ``n_valid`` counts the others."""
     logits = (anchors * inv_t) @ contrast.t()
-    same = (labels[:, None] == contrast_labels[None, :]).to(logits.dtype)  # same class and valid, self included
-    neg_bias = (same + invalid).mul_(_far(logits.dtype))
+    same, neg_bias = _class_masks(labels, contrast_labels, invalid, logits.dtype)  # self included in same
     n_same = same.sum(1)
     same.diagonal(offset).zero_()  # an anchor is never its own positive (its own column is offset + row)
     n_pos = n_same - (labels != IGNORE_INDEX).to(n_same.dtype)
@@ -157,9 +170,7 @@ class PixelContrastLoss(nn.Module):
         if anchors.shape[0] == 0:
             return zero
         inv_t = 1.0 / self.temperature
-        ignored = all_labels == IGNORE_INDEX
-        all_labels = all_labels.masked_fill(ignored, -1)  # an ignored row matches no anchor label
-        invalid, n_valid = ignored.to(anchors.dtype)[None, :], (~ignored).sum()
+        all_labels, invalid, n_valid = _contrast_labels(all_labels, anchors.dtype)
         total, count = zero, zero.detach()  # the count stays on the device: no host synchronisation
         # recompute chunks in backward only when there is more than one (bounded peak memory)
         grad = torch.is_grad_enabled() and all_rows.requires_grad and anchors.shape[0] > self.chunk_size
@@ -260,11 +271,10 @@ class TemporalContrastLoss(nn.Module):
             return zero
         a = anchors * (1.0 / self.temperature)
         logits = a @ contrast.t()
-        ignored = contrast_labels == IGNORE_INDEX
-        same = (anchor_labels[:, None] == contrast_labels.masked_fill(ignored, -1)[None, :]).to(logits.dtype)
-        neg_bias = (same + ignored.to(logits.dtype)[None, :]).mul_(_far(logits.dtype))
+        c_labels, invalid, n_valid = _contrast_labels(contrast_labels, logits.dtype)
+        same, neg_bias = _class_masks(anchor_labels, c_labels, invalid, logits.dtype)
         n_pos = same.sum(1)
-        has_neg = (~ignored).sum() - n_pos > 0
+        has_neg = n_valid - n_pos > 0
         extra = extra_pos = None
         if matched is not None and matched_valid is not None:
             extra, extra_pos = (a * matched).sum(1), matched_valid.to(logits.dtype)
